@@ -1,0 +1,200 @@
+"""Forge's configuration: one pydantic-settings model read from `forge.toml` and `FORGE_*` variables.
+
+Precedence, highest first: arguments given in code, `FORGE_*` environment variables (nested with
+`__`, e.g. `FORGE_SERVER__PORT=9000`), the TOML file (`--config` or `FORGE_CONFIG`), defaults.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import platformdirs
+from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+APP_NAME = "forge"
+
+
+def default_data_dir() -> Path:
+    """Where Forge keeps its database, worktrees and runner state unless told otherwise."""
+    override = os.environ.get("FORGE_DATA_DIR")
+    if override:
+        return Path(override).expanduser()
+    return Path(platformdirs.user_data_dir(APP_NAME))
+
+
+class ServerSettings(BaseModel):
+    """`[server]`: where the HTTP API listens."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8887, ge=0, le=65535)
+
+
+class DatabaseSettings(BaseModel):
+    """`[database]`: the state store. Empty `url` means a SQLite file in the data directory."""
+
+    url: str = ""
+
+
+class WorktreeSettings(BaseModel):
+    """`[worktrees]`: where agent workspaces are created. Empty means `<data_dir>/worktrees`."""
+
+    base_path: str = ""
+
+
+class SessionSettings(BaseModel):
+    """`[sessions]`: limits on runs."""
+
+    max_concurrent: int = Field(default=8, ge=1)
+    # 0 disables the per-run timeout.
+    timeout_seconds: int = Field(default=3600, ge=0)
+    default_profile: str = "default"
+    # How long an interrupted executor gets between SIGINT, SIGTERM and SIGKILL.
+    interrupt_grace_seconds: float = Field(default=3.0, gt=0)
+
+
+class SandboxSettings(BaseModel):
+    """`[sandbox]`: where runners live. Only `local` exists so far."""
+
+    runtime: Literal["local"] = "local"
+    # Seconds to wait for a new runner to accept connections.
+    start_timeout_seconds: float = Field(default=20.0, gt=0)
+
+
+class WebhookSettings(BaseModel):
+    """`[webhooks]`: delivery of events to applications."""
+
+    # Seconds to wait before each retry; the delivery is given up after the last one.
+    retry_schedule_seconds: list[float] = Field(
+        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
+    )
+    # Each wait is multiplied by a random factor in [1 - jitter, 1 + jitter].
+    jitter: float = Field(default=0.2, ge=0, le=1)
+    timeout_seconds: float = Field(default=10.0, gt=0)
+    # Allow URLs that resolve to loopback, private or link-local addresses.
+    allow_private: bool = False
+    # Hosts (names or IP addresses) allowed even when they are private.
+    allowed_hosts: list[str] = Field(default_factory=list)
+    # Deliveries attempted at once across all endpoints.
+    max_in_flight: int = Field(default=64, ge=1)
+    # Longest honoured Retry-After, in seconds.
+    max_retry_after_seconds: float = Field(default=36000, ge=0)
+
+
+class ProfileSettings(BaseModel):
+    """`[profiles.NAME]`: a named role an agent runs as."""
+
+    executor: Literal["command"] = "command"
+    # Shell command line run in the workspace for each message (the `command` executor).
+    command: str = ""
+    # Extra environment for the executor.
+    env: dict[str, str] = Field(default_factory=dict)
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _command_needed(self) -> ProfileSettings:
+        if self.executor == "command" and not self.command.strip():
+            raise ValueError("a profile with executor = 'command' needs a non-empty `command`")
+        return self
+
+
+def _builtin_profiles() -> dict[str, ProfileSettings]:
+    # `default` echoes the message back, so a fresh install does something visible.
+    return {"default": ProfileSettings(executor="command", command="cat", description="Echo")}
+
+
+class Settings(BaseSettings):
+    """All of Forge's configuration."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="FORGE_",
+        env_nested_delimiter="__",
+        extra="forbid",
+        toml_file=None,
+    )
+
+    data_dir: Path = Field(default_factory=default_data_dir)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
+    worktrees: WorktreeSettings = Field(default_factory=WorktreeSettings)
+    sessions: SessionSettings = Field(default_factory=SessionSettings)
+    sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    profiles: dict[str, ProfileSettings] = Field(default_factory=_builtin_profiles)
+
+    @field_validator("profiles", mode="after")
+    @classmethod
+    def _keep_builtin_default(cls, value: dict[str, ProfileSettings]) -> dict[str, ProfileSettings]:
+        merged = _builtin_profiles()
+        merged.update(value)
+        return merged
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        toml_path = _config_path_from_env()
+        if toml_path is not None:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=toml_path))
+        return tuple(sources)
+
+    # ---- derived paths ---------------------------------------------------------------------------
+
+    @property
+    def database_url(self) -> str:
+        if self.database.url:
+            return self.database.url
+        return f"sqlite+aiosqlite:///{self.data_dir / 'forge.db'}"
+
+    @property
+    def worktree_base(self) -> Path:
+        if self.worktrees.base_path:
+            return Path(self.worktrees.base_path).expanduser()
+        return self.data_dir / "worktrees"
+
+    @property
+    def runner_state_dir(self) -> Path:
+        return self.data_dir / "runners"
+
+    @property
+    def base_url(self) -> str:
+        host = "127.0.0.1" if self.server.host in ("0.0.0.0", "::", "") else self.server.host
+        return f"http://{host}:{self.server.port}"
+
+
+class ConfigError(Exception):
+    """Raised when the configuration file is missing or invalid."""
+
+
+def _config_path_from_env() -> Path | None:
+    raw = os.environ.get("FORGE_CONFIG")
+    if not raw:
+        return None
+    return Path(raw).expanduser()
+
+
+def load_settings(config_file: str | Path | None = None, **overrides: Any) -> Settings:
+    """Read the settings; `config_file` wins over `FORGE_CONFIG`."""
+    if config_file is not None:
+        os.environ["FORGE_CONFIG"] = str(config_file)
+    path = _config_path_from_env()
+    if path is not None and not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return Settings(**overrides)
+    except ValueError as exc:
+        where = f" in {path}" if path else ""
+        raise ConfigError(f"invalid configuration{where}: {exc}") from exc

@@ -1,0 +1,155 @@
+"""The tables Forge keeps. Changes here need a migration in `store/migrations/versions/`."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    TypeDecorator,
+    UniqueConstraint,
+)
+from sqlalchemy.engine import Dialect
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """Stored as naive UTC (SQLite has no time zones), always returned aware in UTC."""
+
+    impl = DateTime
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime given to a UTC column")
+        return value.astimezone(UTC).replace(tzinfo=None)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC)
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, datetime: UTCDateTime}
+
+
+class AgentRow(Base):
+    """One agent: its workspace, its sandbox and the counters of its event log."""
+
+    __tablename__ = "agents"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(128), index=True)
+    profile: Mapped[str] = mapped_column(String(128))
+    executor: Mapped[str] = mapped_column(String(64))
+    # provisioning | ready | running | stopped | failed
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    repo: Mapped[str | None] = mapped_column(Text)
+    base_ref: Mapped[str | None] = mapped_column(String(256))
+    base_commit: Mapped[str | None] = mapped_column(String(64))
+    branch: Mapped[str | None] = mapped_column(String(256))
+    workspace_path: Mapped[str | None] = mapped_column(Text)
+    metadata_: Mapped[dict[str, Any]] = mapped_column("metadata", JSON, default=dict)
+    # The executor's own conversation id, to continue it on the next message.
+    executor_session_id: Mapped[str | None] = mapped_column(String(256))
+    # Highest `seq` in this agent's event log.
+    last_seq: Mapped[int] = mapped_column(Integer, default=0)
+    # Highest runner_seq stored from the current runner (what the runner may forget).
+    runner_ack: Mapped[int] = mapped_column(Integer, default=0)
+    # What the runtime needs to find the sandbox again (address, pid, ...).
+    sandbox: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error_message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class RunRow(Base):
+    """One message to an agent and everything done in answer. The table is the queue."""
+
+    __tablename__ = "runs"
+    __table_args__ = (
+        UniqueConstraint("agent_id", "request_id", name="uq_runs_agent_request"),
+        Index("ix_runs_queue", "status", "priority", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    request_id: Mapped[str] = mapped_column(String(128))
+    owner_id: Mapped[str] = mapped_column(String(128))
+    prompt: Mapped[str] = mapped_column(Text)
+    # Hash of the request body, so a retried request is recognised and a different one refused.
+    body_hash: Mapped[str] = mapped_column(String(64))
+    # queued | running | succeeded | failed | interrupted | timed_out | error
+    status: Mapped[str] = mapped_column(String(32))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    webhook_url: Mapped[str | None] = mapped_column(Text)
+    webhook_secret: Mapped[str | None] = mapped_column(Text)
+    # Set by an interrupt request that names its own webhook: the rest of the run goes there too.
+    interrupt_webhook_url: Mapped[str | None] = mapped_column(Text)
+    interrupt_requested: Mapped[bool] = mapped_column(Boolean, default=False)
+    outcome: Mapped[str | None] = mapped_column(String(32))
+    usage: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class EventRow(Base):
+    """One entry of an agent's append-only event log. `body` is the envelope as sent."""
+
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("agent_id", "seq", name="uq_events_agent_seq"),)
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    request_id: Mapped[str | None] = mapped_column(String(128), index=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    is_final: Mapped[bool] = mapped_column(Boolean, default=False)
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeliveryRow(Base):
+    """The webhook outbox: one row per (event, endpoint), written with the event."""
+
+    __tablename__ = "deliveries"
+    __table_args__ = (
+        Index("ix_deliveries_due", "status", "next_attempt_at"),
+        Index("ix_deliveries_stream", "endpoint_url", "agent_id", "seq"),
+    )
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    event_id: Mapped[str] = mapped_column(ForeignKey("events.id"), index=True)
+    agent_id: Mapped[str] = mapped_column(String(64), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    seq: Mapped[int] = mapped_column(Integer)
+    endpoint_url: Mapped[str] = mapped_column(Text)
+    secret: Mapped[str | None] = mapped_column(Text)
+    # pending | delivered | failed (refused for good) | exhausted (retries used up)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    # Seconds since the epoch; Float keeps ordering simple on every database.
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
