@@ -69,6 +69,8 @@ class EventEnvelope(BaseModel):
     usage: Usage | None = None
     # agent.error
     error: ErrorInfo | None = None
+    # agent.complete / agent.error: a sentence for humans (exit status, cause).
+    message: str | None = None
 
     def to_wire(self) -> dict[str, Any]:
         """The JSON object sent to callers (no null fields that belong to other event types)."""
@@ -94,6 +96,7 @@ class EventDraft(BaseModel):
     outcome: Outcome | None = None
     usage: Usage | None = None
     error: ErrorInfo | None = None
+    message: str | None = None
     # The runner's sequence number of the message this came from (0: made by the platform).
     runner_seq: int = 0
 
@@ -130,6 +133,7 @@ class EventDraft(BaseModel):
             success=success,
             usage=self.usage if self.event_type == "agent.complete" else None,
             error=self.error,
+            message=self.message,
             **extra,
         )
 

@@ -1,0 +1,629 @@
+"""The agent service: every use-case of the agents API, from create to delete.
+
+The API layer parses and authorizes, then calls one method here. Provisioning and execution happen
+in the background; this service owns the links to runners and keeps the agent's status in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from forge.config import Settings
+from forge.core import ids
+from forge.core.errors import Conflict, InvalidRequest, NotFound
+from forge.core.eventlog import EventLog
+from forge.core.events import ErrorInfo, EventDraft
+from forge.core.profiles import ProfileCatalog
+from forge.core.runners import RunnerLink
+from forge.core.scheduler import Scheduler
+from forge.core.schemas import (
+    Agent,
+    AgentCreate,
+    AgentList,
+    EventPage,
+    InterruptAccepted,
+    InterruptRequest,
+    MessageAccepted,
+    MessageCreate,
+)
+from forge.delivery.url_guard import check_webhook_url
+from forge.runner.proto import runner_pb2 as pb
+from forge.sandbox.base import Runtime, Sandbox, SandboxSpec
+from forge.store.db import Database
+from forge.store.tables import AgentRow, RunRow, utcnow
+from forge.workspace.worktrees import RepoSource, WorktreeManager
+
+log = logging.getLogger(__name__)
+
+ACTIVE_STATUSES = ("provisioning", "ready", "running")
+# Variables of the platform's environment a runner may see; everything else stays out.
+RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME",
+                        "SHELL", "TMPDIR", "TERM")
+
+
+class AgentService:
+    """Creates agents, queues their runs, streams their events, and ends them."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        db: Database,
+        eventlog: EventLog,
+        runtime: Runtime,
+        worktrees: WorktreeManager,
+        profiles: ProfileCatalog,
+    ) -> None:
+        self.settings = settings
+        self.db = db
+        self.eventlog = eventlog
+        self.runtime = runtime
+        self.worktrees = worktrees
+        self.profiles = profiles
+        self.scheduler = Scheduler(
+            db, max_concurrent=settings.sessions.max_concurrent, dispatch=self._dispatch
+        )
+        self._links: dict[str, RunnerLink] = {}
+        self._provisioning: dict[str, asyncio.Task[None]] = {}
+        self._background: set[asyncio.Task[Any]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Pick up where the last process stopped: reattach runners, resume provisioning."""
+        async with self.db.read() as session:
+            agents = list(
+                await session.scalars(
+                    select(AgentRow).where(
+                        AgentRow.deleted_at.is_(None), AgentRow.status.in_(ACTIVE_STATUSES)
+                    )
+                )
+            )
+        for agent in agents:
+            if agent.status == "provisioning":
+                self._start_provisioning(agent.id)
+            elif agent.sandbox and await self.runtime.is_alive(Sandbox.from_json(agent.sandbox)):
+                log.info("reattaching to the runner of %s", agent.id)
+                self._attach(agent.id, Sandbox.from_json(agent.sandbox))
+            else:
+                await self._runner_lost(agent.id)
+        await self.scheduler.start()
+        self.scheduler.kick()
+
+    async def stop(self) -> None:
+        """Stop background work; runners keep running so a restart can reattach."""
+        await self.scheduler.stop()
+        for task in list(self._provisioning.values()) + list(self._background):
+            task.cancel()
+        for task in list(self._provisioning.values()) + list(self._background):
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        for link in list(self._links.values()):
+            await link.close()
+        self._links.clear()
+
+    # ---- agents ----------------------------------------------------------------------------------
+
+    async def create(self, body: AgentCreate, *, wait: bool = False) -> Agent:
+        profile = self.profiles.get(body.profile)
+        source: RepoSource | None = None
+        if body.repo is not None:
+            source = await self.worktrees.resolve(body.repo, body.base_ref)
+        elif body.base_ref is not None:
+            raise InvalidRequest("base_ref needs a repo to branch from", code="invalid_request")
+        agent_id = ids.agent_id()
+        row = AgentRow(
+            id=agent_id,
+            owner_id=body.owner_id,
+            profile=profile.name,
+            executor=profile.executor,
+            status="provisioning",
+            repo=str(source.repo) if source else None,
+            base_ref=source.base_ref if source else None,
+            base_commit=source.base_commit if source else None,
+            metadata_=body.metadata or {},
+            last_seq=0,
+            runner_ack=0,
+        )
+        async with self.db.write() as session:
+            session.add(row)
+        task = self._start_provisioning(agent_id)
+        if wait:
+            with contextlib.suppress(Exception):
+                await asyncio.shield(task)
+        return await self.get(agent_id, None)
+
+    async def get(self, agent_id: str, owner_id: str | None) -> Agent:
+        row = await self._agent_row(agent_id, owner_id)
+        extras = await self._run_summaries([row.id])
+        return _agent_schema(row, *extras.get(row.id, (None, 0)))
+
+    async def list(self, owner_id: str | None, *, limit: int, cursor: str | None) -> AgentList:
+        conditions = [AgentRow.deleted_at.is_(None)]
+        if owner_id is not None:
+            conditions.append(AgentRow.owner_id == owner_id)
+        async with self.db.read() as session:
+            total = await session.scalar(select(func.count()).select_from(AgentRow).where(*conditions))
+            query = select(AgentRow).where(*conditions)
+            if cursor:
+                query = query.where(AgentRow.id < cursor)
+            rows = list(await session.scalars(query.order_by(AgentRow.id.desc()).limit(limit + 1)))
+        more = len(rows) > limit
+        rows = rows[:limit]
+        extras = await self._run_summaries([r.id for r in rows])
+        agents = [_agent_schema(r, *extras.get(r.id, (None, 0))) for r in rows]
+        return AgentList(
+            agents=agents, total=int(total or 0), next_cursor=rows[-1].id if more and rows else None
+        )
+
+    async def delete(
+        self, agent_id: str, owner_id: str | None, *, graceful: bool, purge: bool
+    ) -> None:
+        """Stop the agent's runner (letting the current run finish its final event when
+        graceful), end its queued runs, and with `purge` remove its worktree and branch."""
+        row = await self._agent_row(agent_id, owner_id)
+        async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            assert agent is not None
+            agent.deleted_at = utcnow()
+            agent.status = "stopped"
+        provisioning = self._provisioning.get(agent_id)
+        if provisioning is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(
+                    asyncio.shield(provisioning), self.settings.sandbox.start_timeout_seconds + 5
+                )
+        await self._end_queued_runs(agent_id, "the agent was deleted")
+        link = self._links.pop(agent_id, None)
+        grace = self.settings.sessions.interrupt_grace_seconds
+        if link is not None:
+            await link.shutdown(graceful=graceful, timeout=grace * 3 + 10 if graceful else 5)
+        sandbox = await self._sandbox_of(agent_id)
+        if sandbox is not None:
+            await self.runtime.destroy(sandbox)
+        await self._end_running_runs(
+            agent_id, "agent.complete", "the agent was deleted before the run finished"
+        )
+        async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            if agent is not None:
+                agent.sandbox = None
+        if purge:
+            await self.worktrees.remove(agent_id, row.repo, delete_branch=True)
+
+    # ---- runs ------------------------------------------------------------------------------------
+
+    async def send_message(
+        self, agent_id: str, owner_id: str | None, body: MessageCreate
+    ) -> MessageAccepted:
+        agent = await self._agent_row(agent_id, owner_id)
+        if agent.status == "failed":
+            raise Conflict(
+                f"agent {agent_id} could not be provisioned ({agent.error_message}); "
+                "create a new agent",
+                code="agent_failed",
+            )
+        if body.webhook_url is not None:
+            await check_webhook_url(body.webhook_url, self.settings.webhooks)
+        request_id = body.request_id or ids.request_id()
+        body_hash = _hash_body(body)
+        async with self.db.write() as session:
+            existing = await session.scalar(
+                select(RunRow).where(RunRow.agent_id == agent_id, RunRow.request_id == request_id)
+            )
+            if existing is not None:
+                if existing.body_hash != body_hash:
+                    raise Conflict(
+                        f"request_id {request_id!r} was already used with a different body; "
+                        "use a new request_id",
+                        code="request_id_conflict",
+                    )
+                return MessageAccepted(
+                    request_id=request_id,
+                    agent_id=agent_id,
+                    status="queued" if existing.status == "queued" else "processing",
+                )
+            session.add(
+                RunRow(
+                    agent_id=agent_id,
+                    request_id=request_id,
+                    owner_id=agent.owner_id,
+                    prompt=body.content,
+                    body_hash=body_hash,
+                    status="queued",
+                    priority=body.priority,
+                    webhook_url=body.webhook_url,
+                    webhook_secret=body.webhook_secret,
+                    interrupt_requested=False,
+                )
+            )
+        if agent.status == "stopped":
+            self._start_provisioning(agent_id)
+        else:
+            await self.scheduler.run_pass()
+        async with self.db.read() as session:
+            status = await session.scalar(
+                select(RunRow.status).where(
+                    RunRow.agent_id == agent_id, RunRow.request_id == request_id
+                )
+            )
+        return MessageAccepted(
+            request_id=request_id,
+            agent_id=agent_id,
+            status="queued" if status == "queued" else "processing",
+        )
+
+    async def interrupt(
+        self, agent_id: str, owner_id: str | None, body: InterruptRequest
+    ) -> InterruptAccepted:
+        await self._agent_row(agent_id, owner_id)
+        if body.webhook_url is not None:
+            await check_webhook_url(body.webhook_url, self.settings.webhooks)
+        async with self.db.write() as session:
+            query = select(RunRow).where(
+                RunRow.agent_id == agent_id, RunRow.status.in_(("running", "queued"))
+            )
+            if body.request_id is not None:
+                query = query.where(RunRow.request_id == body.request_id)
+            runs = list(await session.scalars(query.order_by(RunRow.id)))
+            target = next((r for r in runs if r.status == "running"), runs[0] if runs else None)
+            if target is None:
+                what = f"run {body.request_id!r}" if body.request_id else "run"
+                raise Conflict(
+                    f"agent {agent_id} has no queued or running {what} to interrupt",
+                    code="nothing_to_interrupt",
+                )
+            target.interrupt_requested = True
+            if body.webhook_url:
+                target.interrupt_webhook_url = body.webhook_url
+            request_id, was_running = target.request_id, target.status == "running"
+        if was_running:
+            link = self._links.get(agent_id)
+            grace = self.settings.sessions.interrupt_grace_seconds
+            if link is not None:
+                await link.send(
+                    pb.PlatformMessage(
+                        interrupt=pb.Interrupt(request_id=request_id, grace_seconds=grace)
+                    )
+                )
+        else:
+            await self.eventlog.append(
+                agent_id,
+                [
+                    EventDraft(
+                        event_type="agent.complete",
+                        request_id=request_id,
+                        outcome="interrupted",
+                        message="interrupted before it started",
+                    )
+                ],
+            )
+        return InterruptAccepted(agent_id=agent_id, request_id=request_id)
+
+    async def events(
+        self, agent_id: str, owner_id: str | None, *, after: int, limit: int
+    ) -> EventPage:
+        agent = await self._agent_row(agent_id, owner_id, include_deleted=True)
+        events = await self.eventlog.read(agent_id, after=after, limit=limit)
+        next_after = events[-1]["seq"] if events else after
+        async with self.db.read() as session:
+            last_seq = await session.scalar(
+                select(AgentRow.last_seq).where(AgentRow.id == agent.id)
+            )
+        last = int(last_seq or 0)
+        return EventPage(events=events, next_after=next_after, has_more=next_after < last,
+                         last_seq=last)
+
+    async def check_access(self, agent_id: str, owner_id: str | None) -> None:
+        """`NotFound` unless the agent exists (deleted ones too) and belongs to `owner_id`."""
+        await self._agent_row(agent_id, owner_id, include_deleted=True)
+
+    async def status_counts(self) -> dict[str, int]:
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(AgentRow.status, func.count())
+                .where(AgentRow.deleted_at.is_(None))
+                .group_by(AgentRow.status)
+            )
+            counts = {status: int(n) for status, n in rows}
+        counts["total"] = sum(counts.values())
+        return counts
+
+    # ---- provisioning ----------------------------------------------------------------------------
+
+    def _start_provisioning(self, agent_id: str) -> asyncio.Task[None]:
+        current = self._provisioning.get(agent_id)
+        if current is not None and not current.done():
+            return current
+        task = asyncio.create_task(self._provision(agent_id), name=f"provision-{agent_id}")
+        self._provisioning[agent_id] = task
+        task.add_done_callback(lambda _t: self._provisioning.pop(agent_id, None))
+        return task
+
+    async def _provision(self, agent_id: str) -> None:
+        try:
+            async with self.db.write() as session:
+                agent = await session.get(AgentRow, agent_id)
+                if agent is None or agent.deleted_at is not None:
+                    return
+                agent.status = "provisioning"
+                repo, base_ref, base_commit = agent.repo, agent.base_ref, agent.base_commit
+            source = None
+            if repo and base_ref and base_commit:
+                source = RepoSource(repo=Path(repo), base_ref=base_ref, base_commit=base_commit)
+            workspace = await self.worktrees.create(agent_id, source)
+            async with self.db.write() as session:
+                agent = await session.get(AgentRow, agent_id)
+                if agent is None or agent.deleted_at is not None:
+                    return
+                agent.workspace_path = str(workspace.path)
+                agent.branch = workspace.branch
+            sandbox = await self.runtime.provision(
+                SandboxSpec(agent_id=agent_id, workspace=workspace.path, env=_runner_env())
+            )
+            async with self.db.write() as session:
+                agent = await session.get(AgentRow, agent_id)
+                assert agent is not None
+                agent.sandbox = sandbox.to_json()
+                agent.runner_ack = 0
+            link = self._attach(agent_id, sandbox)
+            await link.wait_connected(self.settings.sandbox.start_timeout_seconds)
+            async with self.db.write() as session:
+                agent = await session.get(AgentRow, agent_id)
+                if agent is None or agent.deleted_at is not None:
+                    return
+                agent.status = "ready"
+                agent.error_message = None
+            self.scheduler.kick()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("provisioning of %s failed", agent_id)
+            await self._provisioning_failed(agent_id, str(exc) or type(exc).__name__)
+
+    async def _provisioning_failed(self, agent_id: str, reason: str) -> None:
+        link = self._links.pop(agent_id, None)
+        if link is not None:
+            await link.close()
+        sandbox = await self._sandbox_of(agent_id)
+        if sandbox is not None:
+            await self.runtime.destroy(sandbox)
+        async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            if agent is None:
+                return
+            agent.status = "failed"
+            agent.error_message = reason
+            agent.sandbox = None
+        await self._end_queued_runs(agent_id, f"provisioning failed: {reason}",
+                                    error_code="PROVISIONING_FAILED")
+
+    def _attach(self, agent_id: str, sandbox: Sandbox) -> RunnerLink:
+        link = RunnerLink(
+            agent_id=agent_id,
+            sandbox=sandbox,
+            runtime=self.runtime,
+            db=self.db,
+            eventlog=self.eventlog,
+            on_final=self._run_finished,
+            on_lost=self._runner_lost_from_link,
+            runs_to_resend=self._runs_to_resend,
+            connect_timeout=self.settings.sandbox.start_timeout_seconds,
+        )
+        self._links[agent_id] = link
+        link.start()
+        return link
+
+    # ---- execution -------------------------------------------------------------------------------
+
+    async def _dispatch(self, run: RunRow, agent: AgentRow) -> None:
+        try:
+            message = self._run_message(run, agent)
+        except InvalidRequest as exc:
+            await self.eventlog.append(
+                agent.id,
+                [EventDraft(event_type="agent.error", request_id=run.request_id,
+                            error=ErrorInfo(code="UNKNOWN_PROFILE", message=exc.message))],
+            )
+            await self._run_finished(agent.id, run.request_id)
+            return
+        link = self._links.get(agent.id)
+        if link is None or not await link.send(pb.PlatformMessage(run=message)):
+            log.info("runner of %s not connected; %s is sent on reconnect", agent.id, run.request_id)
+
+    def _run_message(self, run: RunRow, agent: AgentRow) -> pb.Run:
+        profile = self.profiles.get(agent.profile)
+        return pb.Run(
+            request_id=run.request_id,
+            prompt=run.prompt,
+            executor=pb.ExecutorSpec(
+                kind=profile.executor, command=profile.command,
+                settings_json=profile.settings_json,
+            ),
+            env=profile.env,
+            timeout_seconds=self.settings.sessions.timeout_seconds,
+            resume_session_id=agent.executor_session_id or "",
+        )
+
+    async def _runs_to_resend(self, agent_id: str) -> list[pb.Run]:
+        async with self.db.read() as session:
+            agent = await session.get(AgentRow, agent_id)
+            runs = list(
+                await session.scalars(
+                    select(RunRow)
+                    .where(RunRow.agent_id == agent_id, RunRow.status == "running")
+                    .order_by(RunRow.id)
+                )
+            )
+        if agent is None:
+            return []
+        messages = []
+        for run in runs:
+            with contextlib.suppress(InvalidRequest):
+                messages.append(self._run_message(run, agent))
+        return messages
+
+    async def _run_finished(self, agent_id: str, request_id: str | None) -> None:
+        async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            if agent is not None and agent.status == "running" and agent.deleted_at is None:
+                still_running = await session.scalar(
+                    select(func.count()).select_from(RunRow).where(
+                        RunRow.agent_id == agent_id, RunRow.status == "running"
+                    )
+                )
+                if not still_running:
+                    agent.status = "ready"
+        self.scheduler.kick()
+
+    async def _runner_lost_from_link(self, agent_id: str) -> None:
+        self._links.pop(agent_id, None)
+        await self._runner_lost(agent_id)
+
+    async def _runner_lost(self, agent_id: str) -> None:
+        """The runner is gone: its run ends with RUNNER_LOST; the workspace is kept and the next
+        message (or a queued one) starts a new runner."""
+        await self._end_running_runs(agent_id, "agent.error", "the runner exited unexpectedly")
+        async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            if agent is None or agent.deleted_at is not None:
+                return
+            agent.status = "stopped"
+            agent.sandbox = None
+            queued = await session.scalar(
+                select(func.count()).select_from(RunRow).where(
+                    RunRow.agent_id == agent_id, RunRow.status == "queued"
+                )
+            )
+        if queued:
+            self._start_provisioning(agent_id)
+
+    async def _end_running_runs(self, agent_id: str, event_type: str, reason: str) -> None:
+        async with self.db.read() as session:
+            request_ids = list(
+                await session.scalars(
+                    select(RunRow.request_id).where(
+                        RunRow.agent_id == agent_id, RunRow.status == "running"
+                    )
+                )
+            )
+        if not request_ids:
+            return
+        drafts = []
+        for request_id in request_ids:
+            if event_type == "agent.error":
+                drafts.append(EventDraft(
+                    event_type="agent.error", request_id=request_id, message=reason,
+                    error=ErrorInfo(code="RUNNER_LOST", message=reason, recoverable=True),
+                ))
+            else:
+                drafts.append(EventDraft(event_type="agent.complete", request_id=request_id,
+                                         outcome="interrupted", message=reason))
+        await self.eventlog.append(agent_id, drafts)
+
+    async def _end_queued_runs(
+        self, agent_id: str, reason: str, *, error_code: str | None = None
+    ) -> None:
+        async with self.db.read() as session:
+            request_ids = list(
+                await session.scalars(
+                    select(RunRow.request_id)
+                    .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
+                    .order_by(RunRow.id)
+                )
+            )
+        if not request_ids:
+            return
+        if error_code:
+            drafts = [
+                EventDraft(event_type="agent.error", request_id=r, message=reason,
+                           error=ErrorInfo(code=error_code, message=reason))
+                for r in request_ids
+            ]
+        else:
+            drafts = [
+                EventDraft(event_type="agent.complete", request_id=r, outcome="interrupted",
+                           message=reason)
+                for r in request_ids
+            ]
+        await self.eventlog.append(agent_id, drafts)
+
+    # ---- lookups ---------------------------------------------------------------------------------
+
+    async def _agent_row(
+        self, agent_id: str, owner_id: str | None, *, include_deleted: bool = False
+    ) -> AgentRow:
+        async with self.db.read() as session:
+            row = await session.get(AgentRow, agent_id)
+        if (
+            row is None
+            or (row.deleted_at is not None and not include_deleted)
+            or (owner_id is not None and row.owner_id != owner_id)
+        ):
+            raise NotFound(f"agent {agent_id} not found", code="agent_not_found")
+        return row
+
+    async def _sandbox_of(self, agent_id: str) -> Sandbox | None:
+        async with self.db.read() as session:
+            raw = await session.scalar(select(AgentRow.sandbox).where(AgentRow.id == agent_id))
+        return Sandbox.from_json(raw) if raw else None
+
+    async def _run_summaries(self, agent_ids: list[str]) -> dict[str, tuple[str | None, int]]:
+        if not agent_ids:
+            return {}
+        async with self.db.read() as session:
+            rows = await session.execute(
+                select(RunRow.agent_id, RunRow.status, RunRow.request_id).where(
+                    RunRow.agent_id.in_(agent_ids), RunRow.status.in_(("running", "queued"))
+                )
+            )
+            summary: dict[str, tuple[str | None, int]] = {}
+            for agent_id, status, request_id in rows:
+                current, queued = summary.get(agent_id, (None, 0))
+                if status == "running":
+                    current = request_id
+                else:
+                    queued += 1
+                summary[agent_id] = (current, queued)
+        return summary
+
+
+def _agent_schema(row: AgentRow, current_request_id: str | None, queued: int) -> Agent:
+    return Agent(
+        id=row.id,
+        owner_id=row.owner_id,
+        profile=row.profile,
+        executor=row.executor,
+        status=row.status,  # type: ignore[arg-type]
+        repo=row.repo,
+        base_ref=row.base_ref,
+        base_commit=row.base_commit,
+        branch=row.branch,
+        workspace_path=row.workspace_path,
+        metadata=row.metadata_ or {},
+        session_id=row.executor_session_id,
+        last_seq=row.last_seq,
+        current_request_id=current_request_id,
+        queued_runs=queued,
+        error=row.error_message,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+    )
+
+
+def _hash_body(body: MessageCreate) -> str:
+    canonical = json.dumps(body.model_dump(exclude={"request_id"}), sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _runner_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in RUNNER_ENV_ALLOWLIST or k.startswith("LC_")}

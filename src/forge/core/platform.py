@@ -1,0 +1,55 @@
+"""The assembled platform: every long-lived part, built from settings, started and stopped together."""
+
+from __future__ import annotations
+
+import logging
+import time
+
+from forge import __version__
+from forge.config import Settings
+from forge.core.agents import AgentService
+from forge.core.eventlog import EventBus, EventLog
+from forge.core.profiles import ProfileCatalog
+from forge.delivery.dispatcher import WebhookDispatcher
+from forge.sandbox import get_runtime
+from forge.store.db import Database
+from forge.workspace.worktrees import WorktreeManager
+
+log = logging.getLogger(__name__)
+
+
+class Platform:
+    """Owns the database, event log, webhook dispatcher and agent service of one process."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.version = __version__
+        self.started_at = time.monotonic()
+        self.db = Database(settings.database_url)
+        self.bus = EventBus()
+        self.dispatcher = WebhookDispatcher(self.db, settings.webhooks)
+        self.eventlog = EventLog(self.db, self.bus, on_outbox=self.dispatcher.wake)
+        self.agents = AgentService(
+            settings=settings,
+            db=self.db,
+            eventlog=self.eventlog,
+            runtime=get_runtime(settings),
+            worktrees=WorktreeManager(settings.worktree_base),
+            profiles=ProfileCatalog(settings),
+        )
+
+    async def start(self) -> None:
+        await self.db.migrate()
+        await self.dispatcher.start()
+        await self.agents.start()
+        log.info("forge %s started (database: %s, runtime: %s)", self.version, self.db.backend,
+                 self.settings.sandbox.runtime)
+
+    async def stop(self) -> None:
+        await self.agents.stop()
+        await self.dispatcher.stop()
+        await self.db.close()
+
+    @property
+    def uptime_s(self) -> float:
+        return time.monotonic() - self.started_at

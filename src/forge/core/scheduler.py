@@ -1,0 +1,99 @@
+"""The scheduler: takes queued runs by priority, then age, within `max_concurrent`.
+
+The runs table is the queue. A pass marks the chosen runs `running` (and their agents `running`)
+in one transaction, then hands each to `dispatch`. An agent runs one run at a time, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+from sqlalchemy import func, select
+
+from forge.store.db import Database
+from forge.store.tables import AgentRow, RunRow, utcnow
+
+log = logging.getLogger(__name__)
+
+Dispatch = Callable[[RunRow, AgentRow], Awaitable[None]]
+
+
+class Scheduler:
+    """Starts queued runs whenever there is room; woken by `kick()` and by a slow timer."""
+
+    def __init__(self, db: Database, *, max_concurrent: int, dispatch: Dispatch) -> None:
+        self._db = db
+        self._max_concurrent = max_concurrent
+        self._dispatch = dispatch
+        self._wake = asyncio.Event()
+        self._pass_lock = asyncio.Lock()
+        self._task: asyncio.Task[None] | None = None
+
+    def kick(self) -> None:
+        self._wake.set()
+
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="scheduler")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def run_pass(self) -> int:
+        """Start as many queued runs as the limits allow; return how many were started."""
+        async with self._pass_lock:
+            chosen = await self._claim()
+            for run, agent in chosen:
+                try:
+                    await self._dispatch(run, agent)
+                except Exception:
+                    log.exception("dispatch of %s/%s failed", agent.id, run.request_id)
+            return len(chosen)
+
+    async def _claim(self) -> list[tuple[RunRow, AgentRow]]:
+        async with self._db.write() as session:
+            running = await session.scalar(
+                select(func.count()).select_from(RunRow).where(RunRow.status == "running")
+            )
+            room = self._max_concurrent - int(running or 0)
+            if room <= 0:
+                return []
+            rows = await session.execute(
+                select(RunRow, AgentRow)
+                .join(AgentRow, AgentRow.id == RunRow.agent_id)
+                .where(
+                    RunRow.status == "queued",
+                    AgentRow.status == "ready",
+                    AgentRow.deleted_at.is_(None),
+                )
+                .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id)
+                .limit(room * 4 + 16)
+            )
+            chosen: list[tuple[RunRow, AgentRow]] = []
+            agents_taken: set[str] = set()
+            for run, agent in rows:
+                if agent.id in agents_taken:
+                    continue
+                agents_taken.add(agent.id)
+                run.status = "running"
+                run.started_at = utcnow()
+                agent.status = "running"
+                chosen.append((run, agent))
+                if len(chosen) >= room:
+                    break
+            return chosen
+
+    async def _loop(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=1.0)
+            self._wake.clear()
+            try:
+                await self.run_pass()
+            except Exception:
+                log.exception("scheduler pass failed")

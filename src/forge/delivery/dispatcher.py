@@ -1,0 +1,450 @@
+"""The webhook dispatcher: sends the `deliveries` outbox, in order per stream, with retries.
+
+How it works:
+- A scan loop finds the heads of streams (the lowest pending delivery of each (endpoint_url,
+  agent_id)) whose time has come, in one query, and starts one stream worker for each, up to
+  `max_in_flight` workers. It sleeps until woken (`wake()`), until the next head is due, or for at
+  most a second, so rows written by another process are noticed too.
+- A stream worker sends its stream's deliveries one at a time in `seq` order, loading them in
+  batches. It stops at a delivery that must wait for a retry; the scan loop restarts the stream
+  when that delivery is due. A slow stream therefore holds up only itself.
+- Outcomes are written by one writer in batched, short transactions, never while an HTTP request is
+  open. A worker leaves its stream only once its outcomes are committed, so the scan loop never
+  sees a stale head.
+Delivery is at least once: a delivery sent but not yet recorded when the process dies is sent again
+with the same `webhook-id`, which receivers use to drop duplicates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import deque
+from datetime import UTC, datetime
+from urllib.parse import urlsplit
+
+import httpx
+
+from forge.config import WebhookSettings
+from forge.core.errors import InvalidRequest
+from forge.delivery.outbox import (
+    DELIVERED,
+    EXHAUSTED,
+    FAILED,
+    PENDING,
+    AttemptRecord,
+    Outbox,
+    PendingDelivery,
+    StreamHead,
+    StreamKey,
+)
+from forge.delivery.retry import (
+    RETRY_AFTER_STATUS_CODES,
+    is_retryable_status,
+    next_attempt_at,
+    parse_retry_after,
+)
+from forge.delivery.signing import headers_for
+from forge.delivery.url_guard import UnresolvableWebhookHost, check_webhook_url
+from forge.store.db import Database
+
+log = logging.getLogger(__name__)
+
+# Longest sleep of the scan loop, so rows written by another process are picked up.
+MAX_IDLE_SECONDS = 1.0
+# Deliveries of one stream loaded per query.
+STREAM_BATCH = 100
+# How long a URL check (DNS included) is reused for the same URL.
+URL_CHECK_TTL_SECONDS = 10.0
+_URL_CHECK_CACHE_SIZE = 10_000
+# Bytes of a response read (to keep the connection reusable) and quoted in last_error.
+_RESPONSE_READ_LIMIT = 64 * 1024
+_ERROR_SNIPPET = 200
+# Pause after a database error in a stream worker, so a failing database is not hammered.
+_ERROR_PAUSE_SECONDS = 1.0
+
+
+class WebhookDispatcher:
+    """Delivers pending rows of the `deliveries` table to their endpoints.
+
+    `start()` begins delivering, `wake()` says new rows were committed, `stop()` ends gracefully.
+    Pass `client` to share an `httpx.AsyncClient` (its timeout is overridden per attempt); without
+    one the dispatcher makes and closes its own.
+    """
+
+    def __init__(
+        self,
+        db: Database,
+        settings: WebhookSettings,
+        *,
+        client: httpx.AsyncClient | None = None,
+    ) -> None:
+        self._settings = settings
+        self._outbox = Outbox(db)
+        self._client = client
+        self._owns_client = client is None
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._scan_task: asyncio.Task[None] | None = None
+        self._streams: dict[StreamKey, asyncio.Task[None]] = {}
+        self._writer: _RecordWriter | None = None
+        # url -> (monotonic expiry, refusal message or None when allowed)
+        self._url_checks: dict[str, tuple[float, str | None]] = {}
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Begin delivering. Pending rows left by an earlier process are picked up at once."""
+        if self._scan_task is not None:
+            return
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                follow_redirects=False,  # a redirect could lead past the URL guard
+                trust_env=False,  # no proxies or .netrc credentials from the environment
+                timeout=self._settings.timeout_seconds,
+                limits=httpx.Limits(
+                    max_connections=self._settings.max_in_flight,
+                    max_keepalive_connections=self._settings.max_in_flight,
+                ),
+            )
+            self._owns_client = True
+        self._stopping = False
+        self._writer = _RecordWriter(self._outbox)
+        self._writer.start()
+        self._scan_task = asyncio.create_task(self._scan_loop(), name="webhook-dispatcher")
+
+    def wake(self) -> None:
+        """Look for due deliveries now. Cheap; call it after committing new delivery rows."""
+        self._wake.set()
+
+    async def stop(self, grace_seconds: float = 5.0) -> None:
+        """Stop: attempts under way get `grace_seconds` to finish, then are cancelled.
+
+        Outcomes already known are written; a cancelled attempt leaves its row pending, so it is
+        sent again after a restart.
+        """
+        if self._scan_task is None:
+            return
+        self._stopping = True
+        self._wake.set()
+        tasks = [self._scan_task, *self._streams.values()]
+        _done, late = await asyncio.wait(tasks, timeout=grace_seconds)
+        for task in late:
+            task.cancel()
+        await asyncio.gather(*late, return_exceptions=True)
+        if self._writer is not None:
+            await self._writer.close()
+            self._writer = None
+        if self._owns_client and self._client is not None:
+            await self._client.aclose()
+            self._client = None
+        self._streams.clear()
+        self._scan_task = None
+
+    # ---- scan loop -------------------------------------------------------------------------------
+
+    async def _scan_loop(self) -> None:
+        while not self._stopping:
+            self._wake.clear()
+            try:
+                delay = await self._start_due_streams()
+            except Exception:
+                log.exception("webhook dispatcher: reading the outbox failed; trying again")
+                delay = MAX_IDLE_SECONDS
+            if self._stopping:
+                break
+            if delay > 0:
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(delay):
+                        await self._wake.wait()
+
+    async def _start_due_streams(self) -> float:
+        """Start workers for due stream heads; return how long to sleep before looking again."""
+        capacity = self._settings.max_in_flight - len(self._streams)
+        if capacity <= 0:
+            return MAX_IDLE_SECONDS  # a finishing worker wakes the loop
+        # Heads of busy streams come back too; asking for that many more leaves room for new ones.
+        heads = await self._outbox.heads(limit=capacity + len(self._streams))
+        now = time.time()
+        chosen: dict[StreamKey, StreamHead] = {}
+        next_due: float | None = None
+        for head in heads:
+            stream = head.delivery.stream
+            if stream in self._streams or stream in chosen:
+                continue
+            if head.delivery.next_attempt_at > now:
+                next_due = head.delivery.next_attempt_at
+                break
+            if len(chosen) >= capacity:
+                break
+            chosen[stream] = head
+        if chosen:
+            await self._outbox.load_bodies([head.delivery for head in chosen.values()])
+        for stream, head in chosen.items():
+            if self._stopping:
+                break
+            self._streams[stream] = asyncio.create_task(
+                self._run_stream(head), name=f"webhook-stream:{_host(stream[0])}"
+            )
+        if next_due is None:
+            return MAX_IDLE_SECONDS
+        return min(max(0.0, next_due - time.time()), MAX_IDLE_SECONDS)
+
+    # ---- stream workers --------------------------------------------------------------------------
+
+    async def _run_stream(self, head: StreamHead) -> None:
+        stream = head.delivery.stream
+        try:
+            written = await self._drain_stream(head)
+            if written is not None and not await written:
+                await asyncio.sleep(_ERROR_PAUSE_SECONDS)
+        except Exception:
+            log.exception("webhook dispatcher: stream to %s failed; trying again", _host(stream[0]))
+            await asyncio.sleep(_ERROR_PAUSE_SECONDS)
+        finally:
+            self._streams.pop(stream, None)
+            self._wake.set()
+
+    async def _drain_stream(self, head: StreamHead) -> asyncio.Future[bool] | None:
+        """Send the stream's due deliveries in order; return the future of the last write."""
+        assert self._writer is not None
+        stream = head.delivery.stream
+        queue: deque[PendingDelivery] = deque([head.delivery])
+        maybe_more = head.pending > 1
+        last = (head.delivery.seq, head.delivery.id)
+        written: asyncio.Future[bool] | None = None
+        while not self._stopping:
+            if not queue:
+                if not maybe_more:
+                    break
+                batch = await self._outbox.next_in_stream(stream, last, STREAM_BATCH)
+                queue.extend(batch)
+                maybe_more = len(batch) == STREAM_BATCH
+                if not queue:
+                    break
+            delivery = queue[0]
+            if delivery.next_attempt_at > time.time():
+                break  # waiting for a retry; the scan loop comes back when it is due
+            queue.popleft()
+            last = (delivery.seq, delivery.id)
+            record = await self._attempt(delivery)
+            written = self._writer.add(record)
+            if record.status == PENDING:
+                break
+        return written
+
+    # ---- one attempt -----------------------------------------------------------------------------
+
+    async def _attempt(self, delivery: PendingDelivery) -> AttemptRecord:
+        """Send one delivery once and say what to record. Never raises (but for cancellation)."""
+        url = delivery.endpoint_url
+        try:
+            refusal = await self._check_url(url)
+            if refusal is not None:
+                return self._fail(delivery, None, f"URL refused: {refusal}", attempted=False)
+            if delivery.body is None:
+                return self._fail(delivery, None, "the event no longer exists", attempted=False)
+            body = delivery.body.encode()
+            try:
+                headers = headers_for(delivery.event_id, body, delivery.secret)
+            except InvalidRequest as exc:
+                return self._fail(delivery, None, exc.message, attempted=False)
+            status_code, retry_after, snippet = await self._post(url, body, headers)
+        except UnresolvableWebhookHost as exc:
+            return self._retry(delivery, None, exc.message)  # DNS may be down for a moment
+        except (TimeoutError, httpx.TimeoutException):
+            seconds = self._settings.timeout_seconds
+            return self._retry(delivery, None, f"timed out after {seconds:g}s")
+        except httpx.TransportError as exc:
+            return self._retry(delivery, None, f"connection failed: {_describe(exc)}")
+        except Exception as exc:
+            log.exception("webhook delivery to %s: unexpected error", _host(url))
+            return self._retry(delivery, None, f"internal error: {type(exc).__name__}")
+
+        if 200 <= status_code < 300:
+            return AttemptRecord(
+                id=delivery.id,
+                status=DELIVERED,
+                attempts=delivery.attempts + 1,
+                next_attempt_at=delivery.next_attempt_at,
+                last_status_code=status_code,
+                last_error=None,
+                delivered_at=datetime.now(UTC),
+            )
+        error = f"HTTP {status_code}" + (f": {snippet}" if snippet else "")
+        if is_retryable_status(status_code):
+            after = None
+            if status_code in RETRY_AFTER_STATUS_CODES:
+                after = parse_retry_after(retry_after, time.time())
+            return self._retry(delivery, status_code, error, retry_after=after)
+        if 300 <= status_code < 400:
+            error = f"HTTP {status_code}: redirects are not followed; use the final URL"
+        return self._fail(delivery, status_code, error)
+
+    async def _post(
+        self, url: str, body: bytes, headers: dict[str, str]
+    ) -> tuple[int, str | None, str]:
+        """POST and return (status code, Retry-After header, start of the response text)."""
+        assert self._client is not None
+        timeout = self._settings.timeout_seconds
+        # httpx's timeout bounds each read; this bounds the whole attempt.
+        async with (
+            asyncio.timeout(timeout),
+            self._client.stream(
+                "POST", url, content=body, headers=headers, timeout=timeout
+            ) as resp,
+        ):
+            received = bytearray()
+            async for chunk in resp.aiter_bytes():
+                received += chunk
+                if len(received) >= _RESPONSE_READ_LIMIT:
+                    break  # the connection is dropped rather than reading more
+            snippet = _snippet(bytes(received))
+            return resp.status_code, resp.headers.get("retry-after"), snippet
+
+    def _retry(
+        self,
+        delivery: PendingDelivery,
+        status_code: int | None,
+        error: str,
+        *,
+        retry_after: float | None = None,
+    ) -> AttemptRecord:
+        attempts = delivery.attempts + 1
+        now = time.time()
+        when = next_attempt_at(
+            attempts,
+            now,
+            self._settings.retry_schedule_seconds,
+            self._settings.jitter,
+            retry_after=retry_after,
+            max_retry_after=self._settings.max_retry_after_seconds,
+        )
+        host = _host(delivery.endpoint_url)
+        shown = status_code if status_code is not None else error
+        if when is None:
+            log.warning(
+                "webhook delivery to %s failed (%s), attempt %d; retries used up, giving up",
+                host,
+                shown,
+                attempts,
+            )
+            return AttemptRecord(delivery.id, EXHAUSTED, attempts, now, status_code, error)
+        log.info(
+            "webhook delivery to %s failed (%s), attempt %d; retrying in %.1fs",
+            host,
+            shown,
+            attempts,
+            when - now,
+        )
+        return AttemptRecord(delivery.id, PENDING, attempts, when, status_code, error)
+
+    def _fail(
+        self,
+        delivery: PendingDelivery,
+        status_code: int | None,
+        error: str,
+        *,
+        attempted: bool = True,
+    ) -> AttemptRecord:
+        attempts = delivery.attempts + (1 if attempted else 0)
+        log.warning(
+            "webhook delivery to %s failed (%s), attempt %d; not retrying",
+            _host(delivery.endpoint_url),
+            status_code if status_code is not None else error,
+            attempts,
+        )
+        return AttemptRecord(delivery.id, FAILED, attempts, time.time(), status_code, error)
+
+    async def _check_url(self, url: str) -> str | None:
+        """Why the URL guard refuses `url` now, or None. A recent verdict for it is reused.
+
+        Raises `UnresolvableWebhookHost` (not cached) when the host does not resolve.
+        """
+        now = time.monotonic()
+        cached = self._url_checks.get(url)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            await check_webhook_url(url, self._settings)
+            refusal = None
+        except UnresolvableWebhookHost:
+            raise
+        except InvalidRequest as exc:
+            refusal = exc.message
+        if len(self._url_checks) >= _URL_CHECK_CACHE_SIZE:
+            self._url_checks.clear()
+        self._url_checks[url] = (now + URL_CHECK_TTL_SECONDS, refusal)
+        return refusal
+
+
+class _RecordWriter:
+    """Writes attempt records in batches: whatever piles up during one write goes in the next."""
+
+    def __init__(self, outbox: Outbox) -> None:
+        self._outbox = outbox
+        self._records: list[AttemptRecord] = []
+        self._written: asyncio.Future[bool] | None = None
+        self._has_work = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="webhook-record-writer")
+
+    def add(self, record: AttemptRecord) -> asyncio.Future[bool]:
+        """Queue `record`; the future becomes True once it is committed, False if that failed."""
+        self._records.append(record)
+        if self._written is None:
+            self._written = asyncio.get_running_loop().create_future()
+        self._has_work.set()
+        return self._written
+
+    async def close(self) -> None:
+        """Write what is queued, then stop."""
+        self._closing = True
+        self._has_work.set()
+        if self._task is not None:
+            await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_work.wait()
+            self._has_work.clear()
+            await self._write_queued()
+            if self._closing and not self._records:
+                return
+
+    async def _write_queued(self) -> None:
+        records, written = self._records, self._written
+        self._records, self._written = [], None
+        if not records or written is None:
+            return
+        try:
+            await self._outbox.record(records)
+        except Exception:
+            # The rows stay pending and are sent again: at least once, never lost.
+            log.exception("webhook dispatcher: recording %d attempts failed", len(records))
+            written.set_result(False)
+        else:
+            written.set_result(True)
+
+
+def _host(url: str) -> str:
+    try:
+        return urlsplit(url).hostname or "?"
+    except ValueError:
+        return "?"
+
+
+def _describe(exc: Exception) -> str:
+    text = str(exc).strip()
+    return _snippet(f"{type(exc).__name__}: {text}".encode()) if text else type(exc).__name__
+
+
+def _snippet(data: bytes) -> str:
+    text = " ".join(data[: _ERROR_SNIPPET * 4].decode("utf-8", "replace").split())
+    return text if len(text) <= _ERROR_SNIPPET else text[: _ERROR_SNIPPET - 1] + "…"

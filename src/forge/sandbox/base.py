@@ -1,0 +1,54 @@
+"""The runtime interface: where runners live. One module a kind; `get_runtime` picks by config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class SandboxSpec:
+    """What a runtime needs to start one agent's runner."""
+
+    agent_id: str
+    workspace: Path
+    # Environment the runner may pass on to executors (already filtered by the platform).
+    env: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Sandbox:
+    """A started sandbox: how to reach its runner and how the runtime finds it again.
+
+    `handle` is stored with the agent (JSON), so a restarted platform can reattach.
+    """
+
+    address: str
+    token: str
+    handle: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"address": self.address, "token": self.token, "handle": self.handle}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Sandbox:
+        return cls(address=data["address"], token=data["token"], handle=dict(data["handle"]))
+
+
+class Runtime(Protocol):
+    """Starts, finds and stops sandboxes with a runner inside."""
+
+    name: str
+
+    async def provision(self, spec: SandboxSpec) -> Sandbox:
+        """Start a sandbox and its runner; return once the runner's process exists."""
+        ...
+
+    async def is_alive(self, sandbox: Sandbox) -> bool:
+        """Whether the sandbox's runner is still running."""
+        ...
+
+    async def destroy(self, sandbox: Sandbox) -> None:
+        """Make sure the sandbox is gone (the runner was asked to shut down before, if it could)."""
+        ...

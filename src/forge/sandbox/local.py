@@ -1,0 +1,153 @@
+"""`local` runtime: the runner as a plain subprocess in its own session (development use)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import sys
+from pathlib import Path
+
+from forge.sandbox.base import Sandbox, SandboxSpec
+
+log = logging.getLogger(__name__)
+
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+_MAX_SOCKET_PATH = 100
+
+
+class LocalRuntime:
+    """Starts `forge runner` as a detached subprocess working in the agent's workspace.
+
+    The runner gets its own session, so it outlives a restart of the platform and can be
+    reattached; its state (socket, token, log) lives in `<state_dir>/<agent_id>/`.
+    """
+
+    name = "local"
+
+    def __init__(self, state_dir: Path) -> None:
+        self.state_dir = state_dir
+        self._reapers: set[asyncio.Task[None]] = set()
+
+    async def provision(self, spec: SandboxSpec) -> Sandbox:
+        agent_dir = self.state_dir / spec.agent_id
+        await asyncio.to_thread(agent_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
+        socket_path = self._socket_path(agent_dir, spec.agent_id)
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        token = secrets.token_urlsafe(32)
+        token_file = agent_dir / "token"
+        await asyncio.to_thread(_write_private, token_file, token)
+        log_file = agent_dir / "runner.log"
+        args = [
+            sys.executable, "-m", "forge.runner",
+            "--listen", f"unix:{socket_path}",
+            "--workspace", str(spec.workspace),
+            "--agent-id", spec.agent_id,
+            "--token-file", str(token_file),
+            "--log-file", str(log_file),
+        ]
+        with open(log_file, "ab") as out:  # noqa: ASYNC230 - opening a log file is instant
+            proc = await asyncio.create_subprocess_exec(
+                *args,
+                cwd=spec.workspace,
+                stdin=asyncio.subprocess.DEVNULL,
+                stdout=out,
+                stderr=out,
+                env=spec.env,
+                start_new_session=True,
+            )
+        reaper = asyncio.create_task(self._reap(proc, spec.agent_id))
+        self._reapers.add(reaper)
+        reaper.add_done_callback(self._reapers.discard)
+        return Sandbox(
+            address=f"unix:{socket_path}",
+            token=token,
+            handle={"runtime": self.name, "pid": proc.pid, "state_dir": str(agent_dir)},
+        )
+
+    async def is_alive(self, sandbox: Sandbox) -> bool:
+        pid = int(sandbox.handle.get("pid", 0))
+        agent_dir = str(sandbox.handle.get("state_dir", ""))
+        return pid > 0 and await asyncio.to_thread(_is_our_runner, pid, agent_dir)
+
+    async def destroy(self, sandbox: Sandbox) -> None:
+        pid = int(sandbox.handle.get("pid", 0))
+        agent_dir = str(sandbox.handle.get("state_dir", ""))
+        if pid > 0 and await asyncio.to_thread(_is_our_runner, pid, agent_dir):
+            await _terminate_group(pid)
+        if agent_dir:
+            await asyncio.to_thread(shutil.rmtree, agent_dir, True)
+        socket_path = sandbox.address.removeprefix("unix:")
+        if sandbox.address.startswith("unix:"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(socket_path)
+
+    def _socket_path(self, agent_dir: Path, agent_id: str) -> Path:
+        preferred = agent_dir / "runner.sock"
+        if len(str(preferred)) <= _MAX_SOCKET_PATH:
+            return preferred
+        # Deep data directories (tests, containers): fall back to a short private directory.
+        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+        short = Path("/tmp") / f"forge-{os.getuid()}-{digest}"
+        short.mkdir(mode=0o700, exist_ok=True)
+        return short / f"{agent_id}.sock"
+
+    async def _reap(self, proc: asyncio.subprocess.Process, agent_id: str) -> None:
+        code = await proc.wait()
+        log.info("runner of %s exited with %s", agent_id, code)
+
+
+def _write_private(path: Path, content: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+
+
+def _is_our_runner(pid: int, agent_dir: str) -> bool:
+    """The pid is alive, not a zombie, and is the runner we started (pids get reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state != "Z" and "forge.runner" in cmdline and agent_dir in cmdline
+
+
+async def _terminate_group(pid: int, grace: float = 5.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = asyncio.get_running_loop().time() + wait
+        while asyncio.get_running_loop().time() < deadline:
+            if not await asyncio.to_thread(_group_alive, pid):
+                return
+            await asyncio.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left counts as gone.
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            return True
+    return False

@@ -1,0 +1,228 @@
+"""Fixtures that start the real `forge serve` as a subprocess, real git repositories, and a
+webhook receiver on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class ForgeServer:
+    """One `forge serve` subprocess with its own config and data directory."""
+
+    def __init__(self, root: Path, extra_config: str = "") -> None:
+        self.root = root
+        self.data_dir = root / "data"
+        self.port = free_port()
+        self.config_path = root / "forge.toml"
+        self.config_path.write_text(
+            f"""
+data_dir = "{self.data_dir}"
+
+[server]
+host = "127.0.0.1"
+port = {self.port}
+
+[webhooks]
+allow_private = true
+retry_schedule_seconds = [0.2, 0.4, 0.8, 1.6]
+jitter = 0.0
+timeout_seconds = 5
+
+[sessions]
+interrupt_grace_seconds = 1.0
+{extra_config}
+"""
+        )
+        self.base_url = f"http://127.0.0.1:{self.port}"
+        self.log_path = root / "server.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.http = httpx.Client(base_url=self.base_url, timeout=30)
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+        log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "forge", "serve", "--config", str(self.config_path)],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+        )
+        log.close()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"forge serve exited early:\n{self.log()}")
+            try:
+                if self.http.get("/healthz").status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"forge serve did not come up:\n{self.log()}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(sig)
+        try:
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+    def kill_runners(self) -> None:
+        """Runners outlive the server by design; tests end them explicitly."""
+        subprocess.run(["pkill", "-KILL", "-f", str(self.data_dir)], check=False)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    # ---- helpers ---------------------------------------------------------------------------------
+
+    def create_agent(self, **body: Any) -> dict[str, Any]:
+        body.setdefault("owner_id", "alice")
+        response = self.http.post("/api/v1/agents", params={"wait": "true"}, json=body)
+        assert response.status_code == 201, response.text
+        agent: dict[str, Any] = response.json()
+        assert agent["status"] == "ready", agent
+        return agent
+
+    def wait_final(self, agent_id: str, request_id: str, timeout: float = 30) -> list[dict[str, Any]]:
+        """The events of one run, once its final event is in the log."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            events = self.history(agent_id)
+            run = [e for e in events if e["request_id"] == request_id]
+            if run and run[-1]["is_final"]:
+                return run
+            time.sleep(0.05)
+        raise AssertionError(f"run {request_id} did not finish; log:\n{self.log()[-4000:]}")
+
+    def history(self, agent_id: str) -> list[dict[str, Any]]:
+        events: list[dict[str, Any]] = []
+        after = 0
+        while True:
+            page = self.http.get(
+                f"/api/v1/agents/{agent_id}/events", params={"after": after, "limit": 1000}
+            ).json()
+            events.extend(page["events"])
+            if not page["has_more"]:
+                return events
+            after = page["next_after"]
+
+
+@pytest.fixture
+def forge_server(tmp_path: Path) -> Iterator[Callable[..., ForgeServer]]:
+    """Factory: `forge_server(extra_config="")` returns a started server."""
+    servers: list[ForgeServer] = []
+
+    def make(extra_config: str = "") -> ForgeServer:
+        root = tmp_path / f"forge{len(servers)}"
+        root.mkdir()
+        server = ForgeServer(root, extra_config)
+        servers.append(server)
+        server.start()
+        return server
+
+    yield make
+    for server in servers:
+        server.stop()
+        server.kill_runners()
+        server.http.close()
+
+
+def git(*args: str, cwd: Path) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    git("init", "-q", "-b", "main", cwd=repo)
+    git("config", "user.email", "test@example.com", cwd=repo)
+    git("config", "user.name", "Test", cwd=repo)
+    (repo / "hello.txt").write_text("hello\n")
+    git("add", ".", cwd=repo)
+    git("commit", "-q", "-m", "initial", cwd=repo)
+    return repo
+
+
+@dataclass
+class Received:
+    headers: dict[str, str]
+    body: bytes
+
+    @property
+    def json(self) -> dict[str, Any]:
+        parsed: dict[str, Any] = json.loads(self.body)
+        return parsed
+
+
+@dataclass
+class WebhookReceiver:
+    """An HTTP server on 127.0.0.1 that records every request; `respond` picks the status."""
+
+    requests: list[Received] = field(default_factory=list)
+    respond: Callable[[Received], int] = lambda _r: 200
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    url: str = ""
+
+    def wait_for(self, predicate: Callable[[list[Received]], bool], timeout: float = 30) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with self.lock:
+                if predicate(list(self.requests)):
+                    return
+            time.sleep(0.05)
+        raise AssertionError(f"receiver condition not met; got {len(self.requests)} requests")
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    state = WebhookReceiver()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            length = int(self.headers.get("content-length", "0"))
+            item = Received(headers={k.lower(): v for k, v in self.headers.items()},
+                            body=self.rfile.read(length))
+            with state.lock:
+                state.requests.append(item)
+            status = state.respond(item)
+            self.send_response(status)
+            self.send_header("content-length", "0")
+            self.end_headers()
+
+        def log_message(self, *_args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield state
+    server.shutdown()
+    server.server_close()
