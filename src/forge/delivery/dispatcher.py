@@ -89,6 +89,9 @@ class WebhookDispatcher:
         self._stopping = False
         self._scan_task: asyncio.Task[None] | None = None
         self._streams: dict[StreamKey, asyncio.Task[None]] = {}
+        # Streams whose worker ended since the current scan began: the scan may have read their
+        # head before the worker's last outcome was committed, so it must not restart them.
+        self._ended_during_scan: set[StreamKey] = set()
         self._writer: _RecordWriter | None = None
         # url -> (monotonic expiry, refusal message or None when allowed)
         self._url_checks: dict[str, tuple[float, str | None]] = {}
@@ -165,6 +168,7 @@ class WebhookDispatcher:
         capacity = self._settings.max_in_flight - len(self._streams)
         if capacity <= 0:
             return MAX_IDLE_SECONDS  # a finishing worker wakes the loop
+        self._ended_during_scan.clear()
         # Heads of busy streams come back too; asking for that many more leaves room for new ones.
         heads = await self._outbox.heads(limit=capacity + len(self._streams))
         now = time.time()
@@ -172,8 +176,8 @@ class WebhookDispatcher:
         next_due: float | None = None
         for head in heads:
             stream = head.delivery.stream
-            if stream in self._streams or stream in chosen:
-                continue
+            if stream in self._streams or stream in chosen or stream in self._ended_during_scan:
+                continue  # an ended stream wakes the loop, and the next scan reads it afresh
             if head.delivery.next_attempt_at > now:
                 next_due = head.delivery.next_attempt_at
                 break
@@ -205,6 +209,7 @@ class WebhookDispatcher:
             await asyncio.sleep(_ERROR_PAUSE_SECONDS)
         finally:
             self._streams.pop(stream, None)
+            self._ended_during_scan.add(stream)
             self._wake.set()
 
     async def _drain_stream(self, head: StreamHead) -> asyncio.Future[bool] | None:

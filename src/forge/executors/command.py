@@ -9,10 +9,13 @@ process group, and the whole group is gone when the run ends.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import ctypes
 import json
 import logging
 import os
 import signal
+import sys
 from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal, Self
@@ -108,11 +111,10 @@ class CommandExecutor(Executor):
             _Pump(protocol.stdout, "stdout", lines, loop),
             _Pump(protocol.stderr, "stderr", lines, loop),
         ]
-        tasks = [
-            asyncio.create_task(_feed_stdin(protocol.stdin, ctx.prompt)),
-            *(asyncio.create_task(pump.run()) for pump in pumps),
-        ]
-        watchdog = asyncio.create_task(_close_pipes_after_exit(protocol.exited, pumps, transport))
+        feeder = asyncio.create_task(_feed_stdin(protocol.stdin, ctx.prompt))
+        pump_tasks = [asyncio.create_task(pump.run()) for pump in pumps]
+        reaper = asyncio.create_task(_clear_group_after_exit(protocol.exited, pgid))
+        closer = asyncio.create_task(_close_idle_pipes(reaper, pumps, transport))
         try:
             open_streams = len(pumps)
             while open_streams:
@@ -124,17 +126,20 @@ class CommandExecutor(Executor):
                 if event is not None:
                     yield event
             await protocol.exited
-            await _kill_group(pgid)
+            await asyncio.shield(reaper)
             returncode = transport.get_returncode()
             yield self._result(returncode if returncode is not None else -1)
         finally:
-            for task in (*tasks, watchdog):
+            for task in (feeder, *pump_tasks, closer):
                 task.cancel()
-            if not protocol.exited.done():
+            if not protocol.exited.done():  # closed early: stop the command now
                 _signal_group(pgid, signal.SIGKILL)
-            await _kill_group(pgid)
+                await asyncio.wait({protocol.exited}, timeout=_GROUP_EXIT_SECONDS)
+            if protocol.exited.done():
+                await asyncio.wait({reaper}, timeout=_GROUP_EXIT_SECONDS + 1)
+            reaper.cancel()
             transport.close()
-            await asyncio.gather(*tasks, watchdog, return_exceptions=True)
+            await asyncio.gather(feeder, *pump_tasks, reaper, closer, return_exceptions=True)
             if self._stopper is not None:
                 await asyncio.gather(self._stopper, return_exceptions=True)
 
@@ -167,9 +172,9 @@ class CommandExecutor(Executor):
     def _result(self, returncode: int) -> ExecutorResult:
         if returncode < 0:
             try:
-                how = f"killed by signal {signal.Signals(-returncode).name}"
+                how = f"was killed by signal {signal.Signals(-returncode).name}"
             except ValueError:
-                how = f"killed by signal {-returncode}"
+                how = f"was killed by signal {-returncode}"
         else:
             how = f"exited with code {returncode}"
         if self._interrupted:
@@ -296,8 +301,8 @@ async def _read_lines(reader: asyncio.StreamReader) -> AsyncIterator[bytes]:
                 yield exc.partial
             return
         except asyncio.LimitOverrunError as exc:
-            # A line longer than the limit: hand out what is buffered as one piece.
-            yield await reader.readexactly(exc.consumed)
+            # A line longer than the limit: hand it out in pieces of at most the limit.
+            yield await reader.readexactly(min(exc.consumed, LINE_LIMIT))
 
 
 async def _feed_stdin(writer: asyncio.StreamWriter, prompt: str) -> None:
@@ -309,25 +314,28 @@ async def _feed_stdin(writer: asyncio.StreamWriter, prompt: str) -> None:
         pass  # the command does not read its stdin
     finally:
         writer.close()
-        try:
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await writer.wait_closed()
-        except (BrokenPipeError, ConnectionResetError):
-            pass
 
 
-async def _close_pipes_after_exit(
-    exited: asyncio.Future[None], pumps: list[_Pump], transport: asyncio.SubprocessTransport
-) -> None:
-    """Once the command has exited, stop waiting for pipes nobody in its group writes to."""
+async def _clear_group_after_exit(exited: asyncio.Future[None], pgid: int) -> None:
+    """Once the command has exited, kill what is left of its process group."""
     await asyncio.shield(exited)
-    pgid = transport.get_pid()
     await _kill_group(pgid)
+
+
+async def _close_idle_pipes(
+    group_cleared: asyncio.Task[None], pumps: list[_Pump], transport: asyncio.SubprocessTransport
+) -> None:
+    """Stop waiting for output pipes that only a process outside the group still holds open."""
+    await asyncio.shield(group_cleared)
     loop = asyncio.get_running_loop()
+    cleared_at = loop.time()
     while not all(pump.done for pump in pumps):
         idle = [pump.idle_since() for pump in pumps if not pump.done]
-        if idle and all(since is not None for since in idle):
-            oldest = max(since for since in idle if since is not None)
-            if loop.time() - oldest >= _PIPE_IDLE_AFTER_EXIT_SECONDS:
+        if all(since is not None for since in idle):
+            latest = max([cleared_at, *(since for since in idle if since is not None)])
+            if loop.time() - latest >= _PIPE_IDLE_AFTER_EXIT_SECONDS:
                 logger.warning(
                     "a process outside the command's group keeps its output open; closing it"
                 )
@@ -336,7 +344,7 @@ async def _close_pipes_after_exit(
         await asyncio.sleep(0.1)
 
 
-def _signal_group(pgid: int, sig: signal.Signals) -> bool:
+def _signal_group(pgid: int, sig: int) -> bool:
     """Send `sig` to the process group; False when the group is gone."""
     try:
         os.killpg(pgid, sig)
@@ -377,3 +385,22 @@ def _reap_group(pgid: int) -> None:
             return
         if pid == 0:
             return
+
+
+def become_subreaper() -> bool:
+    """Make this process adopt its orphaned descendants (Linux), so `_reap_group` can reap them.
+
+    Without it, children the command's shell leaves behind are reparented to the sandbox's
+    init, and a killed one stays a zombie in its process group if that init does not reap.
+    Returns False where it is not available.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return int(libc.prctl(_PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+_PR_SET_CHILD_SUBREAPER = 36

@@ -20,6 +20,7 @@ from sqlalchemy import select
 
 from forge.config import WebhookSettings
 from forge.core import ids
+from forge.delivery import WebhookDispatcher
 from forge.store.db import Database
 from forge.store.tables import AgentRow, DeliveryRow, EventRow
 
@@ -65,7 +66,6 @@ async def add_deliveries(
     Returns the event ids in seq order. The default body is {"event_id", "agent_id", "seq"}.
     """
     agent = agent_id or ids.agent_id()
-    event_ids: list[str] = []
     now = time.time()
     async with db.write() as session:
         if await session.get(AgentRow, agent) is None:
@@ -74,6 +74,7 @@ async def add_deliveries(
             )
             session.add(agent_row)
             await session.flush()
+        events = []
         for seq in range(first_seq, first_seq + count):
             event_id = ids.event_id()
             text = (
@@ -81,24 +82,29 @@ async def add_deliveries(
                 if body
                 else json.dumps({"event_id": event_id, "agent_id": agent, "seq": seq})
             )
-            session.add(
+            events.append(
                 EventRow(id=event_id, agent_id=agent, seq=seq, event_type="agent.event", body=text)
             )
-            session.add(
-                DeliveryRow(
-                    id=ids.delivery_id(),
-                    event_id=event_id,
-                    agent_id=agent,
-                    request_id=None,
-                    seq=seq,
-                    endpoint_url=url,
-                    secret=secret,
-                    status="pending",
-                    attempts=0,
-                    next_attempt_at=now,
-                )
+        session.add_all(events)
+        await (
+            session.flush()
+        )  # events before deliveries (foreign key); no ORM relationship orders them
+        session.add_all(
+            DeliveryRow(
+                id=ids.delivery_id(),
+                event_id=event.id,
+                agent_id=agent,
+                request_id=None,
+                seq=event.seq,
+                endpoint_url=url,
+                secret=secret,
+                status="pending",
+                attempts=0,
+                next_attempt_at=now,
             )
-            event_ids.append(event_id)
+            for event in events
+        )
+        event_ids = [event.id for event in events]
     return event_ids
 
 
@@ -251,3 +257,21 @@ async def receivers() -> AsyncIterator[Callable[..., Awaitable[Receiver]]]:
     yield make
     for receiver in made:
         await receiver.close()
+
+
+@pytest.fixture
+async def dispatchers() -> AsyncIterator[Callable[..., Awaitable[WebhookDispatcher]]]:
+    """Start dispatchers with `await dispatchers(db, settings)`; all are stopped after the test."""
+    started: list[WebhookDispatcher] = []
+
+    async def make(
+        database: Database, settings: WebhookSettings, cls: type[WebhookDispatcher] | None = None
+    ) -> WebhookDispatcher:
+        dispatcher = (cls or WebhookDispatcher)(database, settings)
+        await dispatcher.start()
+        started.append(dispatcher)
+        return dispatcher
+
+    yield make
+    for dispatcher in started:
+        await dispatcher.stop(grace_seconds=0.1)
