@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import sys
 from typing import Annotated, Any
 
 import httpx
@@ -62,7 +61,8 @@ def serve(
     if settings.server.host not in ("127.0.0.1", "localhost", "::1"):
         log.warning(
             "listening on %s without authentication: anyone who can reach this port can run "
-            "commands through Forge", settings.server.host,
+            "commands through Forge",
+            settings.server.host,
         )
     log.info("data directory: %s; database: %s", settings.data_dir, settings.database_url)
     uvicorn.run(
@@ -132,8 +132,16 @@ def agents_list(
         return
     rows = [("ID", "OWNER", "PROFILE", "STATUS", "EVENTS", "CREATED")]
     for agent in data["agents"]:
-        rows.append((agent["id"], agent["owner_id"], agent["profile"], agent["status"],
-                     str(agent["last_seq"]), agent["created_at"][:19]))
+        rows.append(
+            (
+                agent["id"],
+                agent["owner_id"],
+                agent["profile"],
+                agent["status"],
+                str(agent["last_seq"]),
+                agent["created_at"][:19],
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     for row in rows:
         typer.echo("  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip())
@@ -156,4 +164,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

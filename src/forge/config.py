@@ -1,4 +1,4 @@
-"""Forge's configuration: one pydantic-settings model read from `forge.toml` and `FORGE_*` variables.
+"""Forge's configuration: one pydantic-settings model from `forge.toml` and `FORGE_*` variables.
 
 Precedence, highest first: arguments given in code, `FORGE_*` environment variables (nested with
 `__`, e.g. `FORGE_SERVER__PORT=9000`), the TOML file (`--config` or `FORGE_CONFIG`), defaults.
@@ -73,7 +73,7 @@ class WebhookSettings(BaseModel):
 
     # Seconds to wait before each retry; the delivery is given up after the last one.
     retry_schedule_seconds: list[float] = Field(
-        default_factory=lambda: [5, 300, 1800, 7200, 18000, 36000, 36000]
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
     )
     # Each wait is multiplied by a random factor in [1 - jitter, 1 + jitter].
     jitter: float = Field(default=0.2, ge=0, le=1)

@@ -64,7 +64,10 @@ interrupt_grace_seconds = 1.0
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forge", "serve", "--config", str(self.config_path)],
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         log.close()
         deadline = time.monotonic() + 30
@@ -107,7 +110,9 @@ interrupt_grace_seconds = 1.0
         assert agent["status"] == "ready", agent
         return agent
 
-    def wait_final(self, agent_id: str, request_id: str, timeout: float = 30) -> list[dict[str, Any]]:
+    def wait_final(
+        self, agent_id: str, request_id: str, timeout: float = 30
+    ) -> list[dict[str, Any]]:
         """The events of one run, once its final event is in the log."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -207,8 +212,10 @@ def receiver() -> Iterator[WebhookReceiver]:
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length", "0"))
-            item = Received(headers={k.lower(): v for k, v in self.headers.items()},
-                            body=self.rfile.read(length))
+            item = Received(
+                headers={k.lower(): v for k, v in self.headers.items()},
+                body=self.rfile.read(length),
+            )
             with state.lock:
                 state.requests.append(item)
             status = state.respond(item)

@@ -32,18 +32,27 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(
 
     # Malformed JSON.
     message = _error(
-        http.post(messages, content=b'{"content": "x"', headers={"content-type": "application/json"}),
-        400, "invalid_json",
+        http.post(
+            messages, content=b'{"content": "x"', headers={"content-type": "application/json"}
+        ),
+        400,
+        "invalid_json",
     )
     assert "JSON" in message
-    _error(http.post("/api/v1/agents", content=b"not json",
-                     headers={"content-type": "application/json"}), 400, "invalid_json")
+    _error(
+        http.post(
+            "/api/v1/agents", content=b"not json", headers={"content-type": "application/json"}
+        ),
+        400,
+        "invalid_json",
+    )
 
     # Missing or empty content, unknown fields, wrong types.
     assert "content" in _error(http.post(messages, json={}), 422, "invalid_request")
     assert "content" in _error(http.post(messages, json={"content": ""}), 422, "invalid_request")
-    assert "colour" in _error(http.post(messages, json={"content": "x", "colour": 1}),
-                              422, "invalid_request")
+    assert "colour" in _error(
+        http.post(messages, json={"content": "x", "colour": 1}), 422, "invalid_request"
+    )
     assert "owner_id" in _error(http.post("/api/v1/agents", json={}), 422, "invalid_request")
 
     # Unknown agent, and another owner's agent: 404 for every route.
@@ -57,36 +66,63 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(
     _error(http.get(f"/api/v1/agents/{agent_id}", params=bob), 404, "agent_not_found")
     _error(http.post(messages, params=bob, json={"content": "x"}), 404, "agent_not_found")
     _error(http.get(f"/api/v1/agents/{agent_id}/events", params=bob), 404, "agent_not_found")
-    _error(http.get(f"/api/v1/agents/{agent_id}/events", params=bob,
-                    headers={"accept": "text/event-stream"}), 404, "agent_not_found")
+    _error(
+        http.get(
+            f"/api/v1/agents/{agent_id}/events", params=bob, headers={"accept": "text/event-stream"}
+        ),
+        404,
+        "agent_not_found",
+    )
     _error(http.post(f"/api/v1/agents/{agent_id}/interrupt", params=bob), 404, "agent_not_found")
     _error(http.delete(f"/api/v1/agents/{agent_id}", params=bob), 404, "agent_not_found")
     assert http.get("/api/v1/agents", params=bob).json() == {
-        "agents": [], "total": 0, "next_cursor": None}
+        "agents": [],
+        "total": 0,
+        "next_cursor": None,
+    }
 
     # Unknown profile; a repo that is not a git repository; a bad base_ref.
-    assert "nope" in _error(http.post("/api/v1/agents", json={"owner_id": "a", "profile": "nope"}),
-                            422, "unknown_profile")
+    assert "nope" in _error(
+        http.post("/api/v1/agents", json={"owner_id": "a", "profile": "nope"}),
+        422,
+        "unknown_profile",
+    )
     plain_dir = tmp_path / "not-a-repo"
     plain_dir.mkdir()
     assert "not a git repository" in _error(
         http.post("/api/v1/agents", json={"owner_id": "a", "repo": str(plain_dir)}),
-        422, "invalid_repo")
-    _error(http.post("/api/v1/agents", json={"owner_id": "a", "repo": str(tmp_path / "missing")}),
-           422, "invalid_repo")
-    _error(http.post("/api/v1/agents", json={"owner_id": "a", "repo": "relative/path"}),
-           422, "invalid_repo")
+        422,
+        "invalid_repo",
+    )
+    _error(
+        http.post("/api/v1/agents", json={"owner_id": "a", "repo": str(tmp_path / "missing")}),
+        422,
+        "invalid_repo",
+    )
+    _error(
+        http.post("/api/v1/agents", json={"owner_id": "a", "repo": "relative/path"}),
+        422,
+        "invalid_repo",
+    )
     assert "no-such-branch" in _error(
-        http.post("/api/v1/agents",
-                  json={"owner_id": "a", "repo": str(git_repo), "base_ref": "no-such-branch"}),
-        422, "invalid_base_ref")
+        http.post(
+            "/api/v1/agents",
+            json={"owner_id": "a", "repo": str(git_repo), "base_ref": "no-such-branch"},
+        ),
+        422,
+        "invalid_base_ref",
+    )
 
     # Webhook URLs that cannot be used; bad query values; a body over the limit.
-    _error(http.post(messages, json={"content": "x", "webhook_url": "ftp://example.com/x"}),
-           422, "invalid_webhook_url")
+    _error(
+        http.post(messages, json={"content": "x", "webhook_url": "ftp://example.com/x"}),
+        422,
+        "invalid_webhook_url",
+    )
     _error(http.get("/api/v1/agents", params={"limit": 0}), 422, "invalid_request")
-    _error(http.get(f"/api/v1/agents/{agent_id}/events", params={"after": -1}),
-           422, "invalid_request")
+    _error(
+        http.get(f"/api/v1/agents/{agent_id}/events", params={"after": -1}), 422, "invalid_request"
+    )
     _error(http.get("/api/v1/agents/bad id!"), 422, "invalid_request")
     _error(http.post(messages, json={"content": "x" * (3 * 1024 * 1024)}), 413, "body_too_large")
     _error(http.post("/api/v1/agents", json={"owner_id": "has space"}), 422, "invalid_request")
@@ -115,10 +151,14 @@ def test_private_webhook_urls_are_refused_by_default(forge_server: Any) -> None:
     strict.start()
     try:
         agent_id = strict.create_agent()["id"]
-        for url in ("http://127.0.0.1:9/hook", "http://10.1.2.3/hook",
-                    "http://169.254.169.254/latest/meta-data"):
-            reply = strict.http.post(f"/api/v1/agents/{agent_id}/messages",
-                                     json={"content": "x", "webhook_url": url})
+        for url in (
+            "http://127.0.0.1:9/hook",
+            "http://10.1.2.3/hook",
+            "http://169.254.169.254/latest/meta-data",
+        ):
+            reply = strict.http.post(
+                f"/api/v1/agents/{agent_id}/messages", json={"content": "x", "webhook_url": url}
+            )
             _error(reply, 422, "invalid_webhook_url")
     finally:
         strict.stop()

@@ -20,8 +20,9 @@ def _forge(*args: str, base_url: str | None = None) -> subprocess.CompletedProce
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
     if base_url:
         env["FORGE_BASE_URL"] = base_url
-    return subprocess.run([sys.executable, "-m", "forge", *args], capture_output=True, text=True,
-                          env=env, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "forge", *args], capture_output=True, text=True, env=env, timeout=60
+    )
 
 
 def test_version() -> None:
@@ -35,8 +36,9 @@ def test_agents_list_and_show(forge_server: Any) -> None:
     listed = _forge("agents", "list", base_url=server.base_url)
     assert listed.returncode == 0, listed.stderr
     assert agent["id"] in listed.stdout and "carol" in listed.stdout and "ready" in listed.stdout
-    as_json = _forge("agents", "list", "--json", "--user-id", "carol",
-                     "--config", str(server.config_path))
+    as_json = _forge(
+        "agents", "list", "--json", "--user-id", "carol", "--config", str(server.config_path)
+    )
     assert as_json.returncode == 0, as_json.stderr
     assert [a["id"] for a in json.loads(as_json.stdout)["agents"]] == [agent["id"]]
     shown = _forge("agents", "show", agent["id"], base_url=server.base_url)

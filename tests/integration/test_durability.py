@@ -10,7 +10,9 @@ from tests.integration.conftest import ForgeServer, Received, WebhookReceiver
 
 pytestmark = pytest.mark.integration
 
-CHATTY = '[profiles.chatty]\nexecutor = "command"\ncommand = "for i in 1 2 3 4; do echo line $i; done"\n'
+CHATTY = (
+    '[profiles.chatty]\nexecutor = "command"\ncommand = "for i in 1 2 3 4; do echo line $i; done"\n'
+)
 
 
 def test_failed_deliveries_are_retried_with_one_webhook_id_in_order(
@@ -48,8 +50,9 @@ def test_restart_keeps_agents_runs_and_history(
 ) -> None:
     server: ForgeServer = forge_server(CHATTY)
     agent_id = server.create_agent(profile="chatty", metadata={"k": "v"})["id"]
-    first = server.http.post(f"/api/v1/agents/{agent_id}/messages",
-                             json={"content": "one", "request_id": "run-1"})
+    first = server.http.post(
+        f"/api/v1/agents/{agent_id}/messages", json={"content": "one", "request_id": "run-1"}
+    )
     assert first.status_code == 202
     before = server.wait_final(agent_id, "run-1")
     agent_before = server.http.get(f"/api/v1/agents/{agent_id}").json()
@@ -64,11 +67,13 @@ def test_restart_keeps_agents_runs_and_history(
     listed = server.http.get("/api/v1/agents", params={"user_id": "alice"}).json()
     assert [a["id"] for a in listed["agents"]] == [agent_id] and listed["total"] == 1
     # The run is remembered: the same request_id and body is recognised, not run again.
-    again = server.http.post(f"/api/v1/agents/{agent_id}/messages",
-                             json={"content": "one", "request_id": "run-1"})
+    again = server.http.post(
+        f"/api/v1/agents/{agent_id}/messages", json={"content": "one", "request_id": "run-1"}
+    )
     assert again.status_code == 202
-    conflict = server.http.post(f"/api/v1/agents/{agent_id}/messages",
-                                json={"content": "two", "request_id": "run-1"})
+    conflict = server.http.post(
+        f"/api/v1/agents/{agent_id}/messages", json={"content": "two", "request_id": "run-1"}
+    )
     assert conflict.status_code == 409
 
     # The agent keeps working after the restart; its log continues without a gap.
@@ -89,16 +94,17 @@ def test_pending_webhooks_survive_a_restart(forge_server: Any, receiver: Webhook
     server: ForgeServer = forge_server(CHATTY)
     receiver.respond = lambda _r: 503
     agent_id = server.create_agent(profile="chatty")["id"]
-    reply = server.http.post(f"/api/v1/agents/{agent_id}/messages",
-                             json={"content": "go", "webhook_url": receiver.url})
+    reply = server.http.post(
+        f"/api/v1/agents/{agent_id}/messages", json={"content": "go", "webhook_url": receiver.url}
+    )
     events = server.wait_final(agent_id, reply.json()["request_id"])
     receiver.wait_for(lambda reqs: len(reqs) >= 1)
     server.stop()
     receiver.respond = lambda _r: 200
     server.start()
     receiver.wait_for(
-        lambda reqs: [r.json["seq"] for r in reqs if r.json["seq"] > 1] == list(
-            range(2, len(events) + 1)
+        lambda reqs: (
+            [r.json["seq"] for r in reqs if r.json["seq"] > 1] == list(range(2, len(events) + 1))
         )
     )
     delivered = [r.json["seq"] for r in receiver.requests]

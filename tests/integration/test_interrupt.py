@@ -51,9 +51,11 @@ def test_interrupt_ends_run_and_kills_the_process_group(forge_server: Any) -> No
     reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "wait"})
     request_id = reply.json()["request_id"]
     pgid_file = Path(agent["workspace_path"]) / "pgid"
-    _wait_for(lambda: any(
-        (e.get("entry") or {}).get("text") == "started" for e in server.history(agent_id)
-    ))
+    _wait_for(
+        lambda: any(
+            (e.get("entry") or {}).get("text") == "started" for e in server.history(agent_id)
+        )
+    )
     pgid = int(pgid_file.read_text())
     assert _group_alive(pgid)
     assert server.http.get(f"/api/v1/agents/{agent_id}").json()["status"] == "running"

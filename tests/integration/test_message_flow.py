@@ -37,8 +37,10 @@ WHSEC = "whsec_" + base64.b64encode(b"a-32-byte-secret-for-the-tests!!").decode(
 def _read_sse(server: ForgeServer, agent_id: str, until_seq: int, **headers: str) -> list[Any]:
     frames: list[dict[str, Any]] = []
     with httpx.stream(
-        "GET", f"{server.base_url}/api/v1/agents/{agent_id}/events",
-        headers={"accept": "text/event-stream", **headers}, timeout=30,
+        "GET",
+        f"{server.base_url}/api/v1/agents/{agent_id}/events",
+        headers={"accept": "text/event-stream", **headers},
+        timeout=30,
     ) as response:
         assert response.status_code == 200
         assert response.headers["content-type"].startswith("text/event-stream")
@@ -46,8 +48,13 @@ def _read_sse(server: ForgeServer, agent_id: str, until_seq: int, **headers: str
         for line in response.iter_lines():
             if line == "":
                 if "data" in frame:
-                    frames.append({"id": int(frame["id"]), "event": frame["event"],
-                                   "data": json.loads(frame["data"])})
+                    frames.append(
+                        {
+                            "id": int(frame["id"]),
+                            "event": frame["event"],
+                            "data": json.loads(frame["data"]),
+                        }
+                    )
                     if frames[-1]["id"] >= until_seq:
                         break
                 frame = {}
@@ -87,8 +94,13 @@ def test_message_runs_in_worktree_and_every_event_arrives_signed(
     final = received[-1]
     assert final["event_type"] == "agent.complete"
     assert final["outcome"] == "succeeded" and final["success"] is True
-    assert set(final["usage"]) == {"input_tokens", "output_tokens", "cache_read_tokens",
-                                   "cache_write_tokens", "cost_usd"}
+    assert set(final["usage"]) == {
+        "input_tokens",
+        "output_tokens",
+        "cache_read_tokens",
+        "cache_write_tokens",
+        "cost_usd",
+    }
     assert received[0]["event_type"] == "agent.status"
     for event in received:
         assert event["agent_id"] == agent_id and event["request_id"] == request_id
@@ -110,8 +122,9 @@ def test_message_runs_in_worktree_and_every_event_arrives_signed(
     for request in receiver.requests:
         verifier.verify(request.body, request.headers)
         timestamp = request.headers["x-forge-timestamp"]
-        expected = hmac.new(WHSEC.encode(), f"{timestamp}.".encode() + request.body,
-                            hashlib.sha256).hexdigest()
+        expected = hmac.new(
+            WHSEC.encode(), f"{timestamp}.".encode() + request.body, hashlib.sha256
+        ).hexdigest()
         assert request.headers["x-forge-signature"] == f"sha256={expected}"
         assert request.headers["webhook-id"] == request.json["event_id"]
 
@@ -151,8 +164,9 @@ def test_plain_secret_signs_with_its_utf8_bytes(
     for request in receiver.requests:
         Webhook(secret.encode()).verify(request.body, request.headers)
         timestamp = request.headers["x-forge-timestamp"]
-        expected = hmac.new(secret.encode(), f"{timestamp}.".encode() + request.body,
-                            hashlib.sha256).hexdigest()
+        expected = hmac.new(
+            secret.encode(), f"{timestamp}.".encode() + request.body, hashlib.sha256
+        ).hexdigest()
         assert request.headers["x-forge-signature"] == f"sha256={expected}"
     # The default profile echoes the message back.
     texts = [e["entry"]["text"] for e in history if e.get("entry")]
@@ -219,7 +233,12 @@ def test_purge_removes_worktree_and_branch(forge_server: Any, git_repo: Path) ->
     reply = server.http.delete(f"/api/v1/agents/{agent['id']}", params={"purge": "true"})
     assert reply.status_code == 204
     assert not worktree.exists()
-    branches = subprocess.run(["git", "branch", "--list", "forge/*"], cwd=git_repo,
-                              capture_output=True, text=True, check=True).stdout
+    branches = subprocess.run(
+        ["git", "branch", "--list", "forge/*"],
+        cwd=git_repo,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert branches.strip() == ""
     assert server.http.get(f"/api/v1/agents/{agent['id']}").status_code == 404

@@ -29,7 +29,7 @@ def test_toml_file_then_environment_wins(tmp_path: Path, monkeypatch: pytest.Mon
     config = tmp_path / "forge.toml"
     config.write_text(
         '[server]\nport = 9000\nhost = "0.0.0.0"\n'
-        '[sessions]\nmax_concurrent = 3\ntimeout_seconds = 60\n'
+        "[sessions]\nmax_concurrent = 3\ntimeout_seconds = 60\n"
         '[worktrees]\nbase_path = "/srv/wt"\n'
         '[profiles.lint]\nexecutor = "command"\ncommand = "ruff check ."\n'
     )
@@ -44,7 +44,9 @@ def test_toml_file_then_environment_wins(tmp_path: Path, monkeypatch: pytest.Mon
     assert settings.base_url == "http://127.0.0.1:9100"
 
 
-def test_forge_config_variable_names_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forge_config_variable_names_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     config = tmp_path / "other.toml"
     config.write_text("[server]\nport = 9200\n")
     monkeypatch.setenv("FORGE_CONFIG", str(config))

@@ -1,4 +1,7 @@
-"""Errors as HTTP answers: `{"error": "<code>", "message": "<what to fix>"}`, mapped in one place."""
+"""Errors as HTTP answers, mapped in one place.
+
+Every error body is `{"error": "<code>", "message": "<what to fix>"}`.
+"""
 
 from __future__ import annotations
 
@@ -61,4 +64,6 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(_request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
-        return error_response(500, "internal_error", "an unexpected error occurred; see the server log")
+        return error_response(
+            500, "internal_error", "an unexpected error occurred; see the server log"
+        )

@@ -32,7 +32,9 @@ UserId = Annotated[
 ]
 
 _errors: dict[int | str, dict[str, object]] = {
-    400: {"model": ErrorBody}, 404: {"model": ErrorBody}, 409: {"model": ErrorBody},
+    400: {"model": ErrorBody},
+    404: {"model": ErrorBody},
+    409: {"model": ErrorBody},
     422: {"model": ErrorBody},
 }
 
@@ -61,7 +63,7 @@ async def list_agents(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=AGENT_ID_PATTERN)] = None,
 ) -> AgentList:
-    return await platform_of(request).agents.list(user_id, limit=limit, cursor=cursor)
+    return await platform_of(request).agents.list_agents(user_id, limit=limit, cursor=cursor)
 
 
 @router.get("/agents/{agent_id}", response_model=Agent, tags=["agents"])
@@ -91,7 +93,9 @@ async def send_message(
 
 
 @router.post(
-    "/agents/{agent_id}/interrupt", status_code=202, response_model=InterruptAccepted,
+    "/agents/{agent_id}/interrupt",
+    status_code=202,
+    response_model=InterruptAccepted,
     tags=["runs"],
 )
 async def interrupt_agent(
@@ -147,8 +151,11 @@ async def health(request: Request) -> Health | JSONResponse:
         agents = {}
     status = "ok" if database["status"] == "ok" else "degraded"
     return Health(
-        status=status, version=platform.version, uptime_s=round(platform.uptime_s, 3),
-        database=database, agents=agents,
+        status=status,
+        version=platform.version,
+        uptime_s=round(platform.uptime_s, 3),
+        database=database,
+        agents=agents,
     )
 
 

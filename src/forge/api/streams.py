@@ -17,8 +17,12 @@ def _frame(event: dict[str, object]) -> bytes:
 
 
 async def sse_stream(
-    eventlog: EventLog, bus: EventBus, agent_id: str, after: int,
-    *, keepalive: float = KEEPALIVE_SECONDS,
+    eventlog: EventLog,
+    bus: EventBus,
+    agent_id: str,
+    after: int,
+    *,
+    keepalive: float = KEEPALIVE_SECONDS,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for every event with `seq` > `after`, forever (until the client goes).
 

@@ -15,7 +15,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, func, select
 
 from forge.config import Settings
 from forge.core import ids
@@ -46,8 +46,19 @@ log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("provisioning", "ready", "running")
 # Variables of the platform's environment a runner may see; everything else stays out.
-RUNNER_ENV_ALLOWLIST = ("PATH", "HOME", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "USER", "LOGNAME",
-                        "SHELL", "TMPDIR", "TERM")
+RUNNER_ENV_ALLOWLIST = (
+    "PATH",
+    "HOME",
+    "LANG",
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",
+    "USER",
+    "LOGNAME",
+    "SHELL",
+    "TMPDIR",
+    "TERM",
+)
 
 
 class AgentService:
@@ -147,12 +158,16 @@ class AgentService:
         extras = await self._run_summaries([row.id])
         return _agent_schema(row, *extras.get(row.id, (None, 0)))
 
-    async def list(self, owner_id: str | None, *, limit: int, cursor: str | None) -> AgentList:
-        conditions = [AgentRow.deleted_at.is_(None)]
+    async def list_agents(
+        self, owner_id: str | None, *, limit: int, cursor: str | None
+    ) -> AgentList:
+        conditions: list[ColumnElement[bool]] = [AgentRow.deleted_at.is_(None)]
         if owner_id is not None:
             conditions.append(AgentRow.owner_id == owner_id)
         async with self.db.read() as session:
-            total = await session.scalar(select(func.count()).select_from(AgentRow).where(*conditions))
+            total = await session.scalar(
+                select(func.count()).select_from(AgentRow).where(*conditions)
+            )
             query = select(AgentRow).where(*conditions)
             if cursor:
                 query = query.where(AgentRow.id < cursor)
@@ -320,8 +335,9 @@ class AgentService:
                 select(AgentRow.last_seq).where(AgentRow.id == agent.id)
             )
         last = int(last_seq or 0)
-        return EventPage(events=events, next_after=next_after, has_more=next_after < last,
-                         last_seq=last)
+        return EventPage(
+            events=events, next_after=next_after, has_more=next_after < last, last_seq=last
+        )
 
     async def check_access(self, agent_id: str, owner_id: str | None) -> None:
         """`NotFound` unless the agent exists (deleted ones too) and belongs to `owner_id`."""
@@ -404,8 +420,9 @@ class AgentService:
             agent.status = "failed"
             agent.error_message = reason
             agent.sandbox = None
-        await self._end_queued_runs(agent_id, f"provisioning failed: {reason}",
-                                    error_code="PROVISIONING_FAILED")
+        await self._end_queued_runs(
+            agent_id, f"provisioning failed: {reason}", error_code="PROVISIONING_FAILED"
+        )
 
     def _attach(self, agent_id: str, sandbox: Sandbox) -> RunnerLink:
         link = RunnerLink(
@@ -431,14 +448,21 @@ class AgentService:
         except InvalidRequest as exc:
             await self.eventlog.append(
                 agent.id,
-                [EventDraft(event_type="agent.error", request_id=run.request_id,
-                            error=ErrorInfo(code="UNKNOWN_PROFILE", message=exc.message))],
+                [
+                    EventDraft(
+                        event_type="agent.error",
+                        request_id=run.request_id,
+                        error=ErrorInfo(code="UNKNOWN_PROFILE", message=exc.message),
+                    )
+                ],
             )
             await self._run_finished(agent.id, run.request_id)
             return
         link = self._links.get(agent.id)
         if link is None or not await link.send(pb.PlatformMessage(run=message)):
-            log.info("runner of %s not connected; %s is sent on reconnect", agent.id, run.request_id)
+            log.info(
+                "runner of %s not connected; %s is sent on reconnect", agent.id, run.request_id
+            )
 
     def _run_message(self, run: RunRow, agent: AgentRow) -> pb.Run:
         profile = self.profiles.get(agent.profile)
@@ -446,7 +470,8 @@ class AgentService:
             request_id=run.request_id,
             prompt=run.prompt,
             executor=pb.ExecutorSpec(
-                kind=profile.executor, command=profile.command,
+                kind=profile.executor,
+                command=profile.command,
                 settings_json=profile.settings_json,
             ),
             env=profile.env,
@@ -477,9 +502,9 @@ class AgentService:
             agent = await session.get(AgentRow, agent_id)
             if agent is not None and agent.status == "running" and agent.deleted_at is None:
                 still_running = await session.scalar(
-                    select(func.count()).select_from(RunRow).where(
-                        RunRow.agent_id == agent_id, RunRow.status == "running"
-                    )
+                    select(func.count())
+                    .select_from(RunRow)
+                    .where(RunRow.agent_id == agent_id, RunRow.status == "running")
                 )
                 if not still_running:
                     agent.status = "ready"
@@ -500,9 +525,9 @@ class AgentService:
             agent.status = "stopped"
             agent.sandbox = None
             queued = await session.scalar(
-                select(func.count()).select_from(RunRow).where(
-                    RunRow.agent_id == agent_id, RunRow.status == "queued"
-                )
+                select(func.count())
+                .select_from(RunRow)
+                .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
             )
         if queued:
             self._start_provisioning(agent_id)
@@ -521,13 +546,23 @@ class AgentService:
         drafts = []
         for request_id in request_ids:
             if event_type == "agent.error":
-                drafts.append(EventDraft(
-                    event_type="agent.error", request_id=request_id, message=reason,
-                    error=ErrorInfo(code="RUNNER_LOST", message=reason, recoverable=True),
-                ))
+                drafts.append(
+                    EventDraft(
+                        event_type="agent.error",
+                        request_id=request_id,
+                        message=reason,
+                        error=ErrorInfo(code="RUNNER_LOST", message=reason, recoverable=True),
+                    )
+                )
             else:
-                drafts.append(EventDraft(event_type="agent.complete", request_id=request_id,
-                                         outcome="interrupted", message=reason))
+                drafts.append(
+                    EventDraft(
+                        event_type="agent.complete",
+                        request_id=request_id,
+                        outcome="interrupted",
+                        message=reason,
+                    )
+                )
         await self.eventlog.append(agent_id, drafts)
 
     async def _end_queued_runs(
@@ -545,14 +580,19 @@ class AgentService:
             return
         if error_code:
             drafts = [
-                EventDraft(event_type="agent.error", request_id=r, message=reason,
-                           error=ErrorInfo(code=error_code, message=reason))
+                EventDraft(
+                    event_type="agent.error",
+                    request_id=r,
+                    message=reason,
+                    error=ErrorInfo(code=error_code, message=reason),
+                )
                 for r in request_ids
             ]
         else:
             drafts = [
-                EventDraft(event_type="agent.complete", request_id=r, outcome="interrupted",
-                           message=reason)
+                EventDraft(
+                    event_type="agent.complete", request_id=r, outcome="interrupted", message=reason
+                )
                 for r in request_ids
             ]
         await self.eventlog.append(agent_id, drafts)
@@ -603,7 +643,7 @@ def _agent_schema(row: AgentRow, current_request_id: str | None, queued: int) ->
         owner_id=row.owner_id,
         profile=row.profile,
         executor=row.executor,
-        status=row.status,  # type: ignore[arg-type]
+        status=row.status,
         repo=row.repo,
         base_ref=row.base_ref,
         base_commit=row.base_commit,

@@ -130,7 +130,9 @@ class EventLog:
             self._on_outbox()
         return sealed
 
-    async def read(self, agent_id: str, *, after: int = 0, limit: int = 100) -> list[dict[str, Any]]:
+    async def read(
+        self, agent_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[dict[str, Any]]:
         """Envelopes with `seq` > `after`, oldest first, at most `limit`."""
         async with self.db.read() as session:
             rows = await session.scalars(
@@ -141,7 +143,9 @@ class EventLog:
             )
             return [json.loads(body) for body in rows]
 
-    async def _runs_for(self, session: Any, agent_id: str, drafts: list[EventDraft]) -> dict[str, RunRow]:
+    async def _runs_for(
+        self, session: Any, agent_id: str, drafts: list[EventDraft]
+    ) -> dict[str, RunRow]:
         request_ids = {d.request_id for d in drafts if d.request_id}
         if not request_ids:
             return {}

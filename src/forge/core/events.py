@@ -1,4 +1,4 @@
-"""The event envelope: the one shape of every event in webhooks, streams, history and transcripts."""
+"""The event envelope: the one shape of every event in webhooks, streams, history, transcripts."""
 
 from __future__ import annotations
 
@@ -76,7 +76,14 @@ class EventEnvelope(BaseModel):
         """The JSON object sent to callers (no null fields that belong to other event types)."""
         data = self.model_dump(mode="json", exclude_none=True)
         # These are part of every envelope, even when empty.
-        for key in ("request_id", "session_id", "executor", "executor_event_type", "event", "entry"):
+        for key in (
+            "request_id",
+            "session_id",
+            "executor",
+            "executor_event_type",
+            "event",
+            "entry",
+        ):
             data.setdefault(key, None)
         return data
 
@@ -141,4 +148,6 @@ class EventDraft(BaseModel):
 def utc_timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 UTC with milliseconds and a `Z`, as in every envelope."""
     moment = moment or datetime.now(UTC)
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    return (
+        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
+    )

@@ -1,4 +1,4 @@
-"""The assembled platform: every long-lived part, built from settings, started and stopped together."""
+"""The assembled platform: every long-lived part, built from settings, started and stopped."""
 
 from __future__ import annotations
 
@@ -42,8 +42,12 @@ class Platform:
         await self.db.migrate()
         await self.dispatcher.start()
         await self.agents.start()
-        log.info("forge %s started (database: %s, runtime: %s)", self.version, self.db.backend,
-                 self.settings.sandbox.runtime)
+        log.info(
+            "forge %s started (database: %s, runtime: %s)",
+            self.version,
+            self.db.backend,
+            self.settings.sandbox.runtime,
+        )
 
     async def stop(self) -> None:
         await self.agents.stop()

@@ -45,7 +45,9 @@ def draft_from_runner(msg: pb.RunnerMessage) -> EventDraft | None:
         common["timestamp"] = msg.timestamp
     if kind == "started":
         return EventDraft(
-            event_type="agent.status", status="running", executor=msg.started.executor or None,
+            event_type="agent.status",
+            status="running",
+            executor=msg.started.executor or None,
             **common,
         )
     if kind == "event":
@@ -80,8 +82,9 @@ def draft_from_runner(msg: pb.RunnerMessage) -> EventDraft | None:
         err = msg.error
         return EventDraft(
             event_type="agent.error",
-            error=ErrorInfo(code=err.code or "RUNNER_ERROR", message=err.message,
-                            recoverable=err.recoverable),
+            error=ErrorInfo(
+                code=err.code or "RUNNER_ERROR", message=err.message, recoverable=err.recoverable
+            ),
             message=err.message or None,
             **common,
         )
@@ -139,8 +142,9 @@ class RunnerLink:
         """Wait for the first stream; `RunnerUnavailable` if it does not come in time."""
         assert self._task is not None
         waiter = asyncio.ensure_future(self._connected.wait())
-        done, _ = await asyncio.wait({waiter, self._task}, timeout=timeout,
-                                     return_when=asyncio.FIRST_COMPLETED)
+        done, _ = await asyncio.wait(
+            {waiter, self._task}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+        )
         if waiter not in done:
             waiter.cancel()
             raise RunnerUnavailable(f"runner of {self.agent_id} did not connect within {timeout}s")

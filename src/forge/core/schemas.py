@@ -16,9 +16,7 @@ MAX_MESSAGE_CHARS = 1_000_000
 MAX_METADATA_BYTES = 16_384
 
 AgentStatus = Literal["provisioning", "ready", "running", "stopped", "failed"]
-RunStatus = Literal[
-    "queued", "running", "succeeded", "failed", "interrupted", "timed_out", "error"
-]
+RunStatus = Literal["queued", "running", "succeeded", "failed", "interrupted", "timed_out", "error"]
 
 
 class _Request(BaseModel):
@@ -30,7 +28,9 @@ class AgentCreate(_Request):
 
     owner_id: str = Field(pattern=NAME_PATTERN, description="Who the agent belongs to.")
     profile: str | None = Field(
-        default=None, pattern=NAME_PATTERN, description="Profile name; the default profile if absent."
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Profile name; the default profile if absent.",
     )
     repo: str | None = Field(
         default=None,
@@ -39,9 +39,14 @@ class AgentCreate(_Request):
         description="Absolute path of a local git repository; the agent works in a worktree of it.",
     )
     base_ref: str | None = Field(
-        default=None, min_length=1, max_length=256, description="Branch, tag or commit to start from."
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="Branch, tag or commit to start from.",
     )
-    metadata: dict[str, Any] | None = Field(default=None, description="Free-form, returned as given.")
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form, returned as given."
+    )
 
     @field_validator("metadata")
     @classmethod
@@ -105,7 +110,9 @@ class InterruptRequest(_Request):
 
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
     request_id: str | None = Field(
-        default=None, pattern=NAME_PATTERN, description="The run to stop; the current one if absent."
+        default=None,
+        pattern=NAME_PATTERN,
+        description="The run to stop; the current one if absent.",
     )
 
 

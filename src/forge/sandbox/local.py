@@ -45,12 +45,19 @@ class LocalRuntime:
         await asyncio.to_thread(_write_private, token_file, token)
         log_file = agent_dir / "runner.log"
         args = [
-            sys.executable, "-m", "forge.runner",
-            "--listen", f"unix:{socket_path}",
-            "--workspace", str(spec.workspace),
-            "--agent-id", spec.agent_id,
-            "--token-file", str(token_file),
-            "--log-file", str(log_file),
+            sys.executable,
+            "-m",
+            "forge.runner",
+            "--listen",
+            f"unix:{socket_path}",
+            "--workspace",
+            str(spec.workspace),
+            "--agent-id",
+            spec.agent_id,
+            "--token-file",
+            str(token_file),
+            "--log-file",
+            str(log_file),
         ]
         with open(log_file, "ab") as out:  # noqa: ASYNC230 - opening a log file is instant
             proc = await asyncio.create_subprocess_exec(

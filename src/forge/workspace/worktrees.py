@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +43,6 @@ async def git(*args: str, cwd: Path | str | None = None) -> str:
 
 
 def _git_env() -> dict[str, str]:
-    import os
-
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
     # Never wait for a credential prompt or an editor.
     env.update(GIT_TERMINAL_PROMPT="0", GIT_EDITOR="true", GIT_OPTIONAL_LOCKS="0")
@@ -78,10 +77,12 @@ class WorktreeManager:
 
     async def resolve(self, repo: str, base_ref: str | None) -> RepoSource:
         """Check that `repo` is a git repository and `base_ref` a commit in it (fast; for 4xx)."""
-        path = Path(repo).expanduser()
+        path = Path(os.path.expanduser(repo))
         if not path.is_absolute():
-            raise InvalidRequest(f"repo must be an absolute path, got {repo!r}", code="invalid_repo")
-        if not path.is_dir():
+            raise InvalidRequest(
+                f"repo must be an absolute path, got {repo!r}", code="invalid_repo"
+            )
+        if not await asyncio.to_thread(path.is_dir):
             raise InvalidRequest(f"repo {repo!r} is not a directory", code="invalid_repo")
         try:
             toplevel = (await git("rev-parse", "--show-toplevel", cwd=path)).strip()
@@ -92,11 +93,16 @@ class WorktreeManager:
         root = Path(toplevel)
         ref = base_ref or "HEAD"
         try:
-            commit = (await git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=root))
+            commit = await git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", cwd=root)
         except GitError as exc:
-            hint = "the repository has no commits yet" if ref == "HEAD" else "no such branch, tag or commit"
+            hint = (
+                "the repository has no commits yet"
+                if ref == "HEAD"
+                else "no such branch, tag or commit"
+            )
             raise InvalidRequest(
-                f"base_ref {ref!r} does not name a commit in {root}: {hint}", code="invalid_base_ref"
+                f"base_ref {ref!r} does not name a commit in {root}: {hint}",
+                code="invalid_base_ref",
             ) from exc
         return RepoSource(repo=root, base_ref=ref, base_commit=commit.strip())
 
@@ -116,7 +122,13 @@ class WorktreeManager:
         async with self._lock(source.repo):
             try:
                 await git(
-                    "worktree", "add", "--quiet", "-b", branch, str(path), source.base_commit,
+                    "worktree",
+                    "add",
+                    "--quiet",
+                    "-b",
+                    branch,
+                    str(path),
+                    source.base_commit,
                     cwd=source.repo,
                 )
             except GitError as exc:

@@ -15,17 +15,42 @@ from forge.store.tables import AgentRow, DeliveryRow, EventRow, RunRow
 
 async def _agent_with_run(db: Database, webhook: str | None = "http://example.com/hook") -> None:
     async with db.write() as s:
-        s.add(AgentRow(id="ag_1", owner_id="o", profile="p", executor="command", status="ready",
-                       metadata_={}, last_seq=0, runner_ack=0))
+        s.add(
+            AgentRow(
+                id="ag_1",
+                owner_id="o",
+                profile="p",
+                executor="command",
+                status="ready",
+                metadata_={},
+                last_seq=0,
+                runner_ack=0,
+            )
+        )
         await s.flush()
-        s.add(RunRow(agent_id="ag_1", request_id="r1", owner_id="o", prompt="hi", body_hash="h",
-                     status="running", priority=0, webhook_url=webhook, webhook_secret="sec",
-                     interrupt_requested=False))
+        s.add(
+            RunRow(
+                agent_id="ag_1",
+                request_id="r1",
+                owner_id="o",
+                prompt="hi",
+                body_hash="h",
+                status="running",
+                priority=0,
+                webhook_url=webhook,
+                webhook_secret="sec",
+                interrupt_requested=False,
+            )
+        )
 
 
 def _event(seq: int = 0, request_id: str | None = "r1") -> EventDraft:
-    return EventDraft(event_type="agent.event", request_id=request_id, runner_seq=seq,
-                      entry={"kind": "assistant_message", "text": f"m{seq}"})
+    return EventDraft(
+        event_type="agent.event",
+        request_id=request_id,
+        runner_seq=seq,
+        entry={"kind": "assistant_message", "text": f"m{seq}"},
+    )
 
 
 async def test_append_assigns_gapless_seq_and_writes_outbox(db: Database) -> None:
@@ -33,10 +58,19 @@ async def test_append_assigns_gapless_seq_and_writes_outbox(db: Database) -> Non
     woken = []
     log = EventLog(db, EventBus(), on_outbox=lambda: woken.append(1))
     first = await log.append("ag_1", [_event(1), _event(2)], runner_ack=2)
-    second = await log.append("ag_1", [
-        EventDraft(event_type="agent.complete", request_id="r1", outcome="succeeded",
-                   usage=Usage(input_tokens=3), runner_seq=3)
-    ], runner_ack=3)
+    second = await log.append(
+        "ag_1",
+        [
+            EventDraft(
+                event_type="agent.complete",
+                request_id="r1",
+                outcome="succeeded",
+                usage=Usage(input_tokens=3),
+                runner_seq=3,
+            )
+        ],
+        runner_ack=3,
+    )
     assert [e.seq for e in first + second] == [1, 2, 3]
     assert [e.is_final for e in first + second] == [False, False, True]
     assert second[0].success is True and second[0].usage == Usage(input_tokens=3)

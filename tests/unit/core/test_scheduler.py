@@ -15,18 +15,39 @@ async def _setup(db: Database, runs: list[tuple[str, str, int, int]], agents: li
     base = datetime(2026, 1, 1, tzinfo=UTC)
     async with db.write() as s:
         for agent_id in agents:
-            s.add(AgentRow(id=agent_id, owner_id="o", profile="p", executor="command",
-                           status="ready", metadata_={}, last_seq=0, runner_ack=0))
+            s.add(
+                AgentRow(
+                    id=agent_id,
+                    owner_id="o",
+                    profile="p",
+                    executor="command",
+                    status="ready",
+                    metadata_={},
+                    last_seq=0,
+                    runner_ack=0,
+                )
+            )
         await s.flush()
         for agent_id, request_id, priority, age in runs:
-            s.add(RunRow(agent_id=agent_id, request_id=request_id, owner_id="o", prompt="x",
-                         body_hash="h", status="queued", priority=priority,
-                         interrupt_requested=False, created_at=base + timedelta(seconds=age)))
+            s.add(
+                RunRow(
+                    agent_id=agent_id,
+                    request_id=request_id,
+                    owner_id="o",
+                    prompt="x",
+                    body_hash="h",
+                    status="queued",
+                    priority=priority,
+                    interrupt_requested=False,
+                    created_at=base + timedelta(seconds=age),
+                )
+            )
 
 
 async def test_priority_then_age_within_the_limit(db: Database) -> None:
-    await _setup(db, [("a", "a-old", 0, 1), ("b", "b-high", 5, 9), ("c", "c-new", 0, 5)],
-                 ["a", "b", "c"])
+    await _setup(
+        db, [("a", "a-old", 0, 1), ("b", "b-high", 5, 9), ("c", "c-new", 0, 5)], ["a", "b", "c"]
+    )
     started: list[str] = []
 
     async def dispatch(run: RunRow, agent: AgentRow) -> None:

@@ -12,8 +12,9 @@ from forge.workspace.worktrees import WorktreeManager
 
 
 def _git(*args: str, cwd: Path) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True,
-                          text=True).stdout.strip()
+    return subprocess.run(
+        ["git", *args], cwd=cwd, check=True, capture_output=True, text=True
+    ).stdout.strip()
 
 
 @pytest.fixture
@@ -21,11 +22,31 @@ def repo(tmp_path: Path) -> Path:
     path = tmp_path / "repo"
     path.mkdir()
     _git("init", "-q", "-b", "main", cwd=path)
-    _git("-c", "user.email=t@e", "-c", "user.name=T", "commit", "-q", "--allow-empty", "-m", "one",
-         cwd=path)
+    _git(
+        "-c",
+        "user.email=t@e",
+        "-c",
+        "user.name=T",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "one",
+        cwd=path,
+    )
     _git("tag", "v1", cwd=path)
-    _git("-c", "user.email=t@e", "-c", "user.name=T", "commit", "-q", "--allow-empty", "-m", "two",
-         cwd=path)
+    _git(
+        "-c",
+        "user.email=t@e",
+        "-c",
+        "user.name=T",
+        "commit",
+        "-q",
+        "--allow-empty",
+        "-m",
+        "two",
+        cwd=path,
+    )
     return path
 
 
