@@ -35,6 +35,7 @@ from forge.core.schemas import (
     MessageAccepted,
     MessageCreate,
 )
+from forge.delivery.signing import validate_webhook_secret
 from forge.delivery.url_guard import check_webhook_url
 from forge.runner.proto import runner_pb2 as pb
 from forge.sandbox.base import Runtime, Sandbox, SandboxSpec
@@ -229,6 +230,8 @@ class AgentService:
             )
         if body.webhook_url is not None:
             await check_webhook_url(body.webhook_url, self.settings.webhooks)
+        if body.webhook_secret is not None:
+            validate_webhook_secret(body.webhook_secret)
         request_id = body.request_id or ids.request_id()
         body_hash = _hash_body(body)
         async with self.db.write() as session:
@@ -373,6 +376,10 @@ class AgentService:
                     return
                 agent.status = "provisioning"
                 repo, base_ref, base_commit = agent.repo, agent.base_ref, agent.base_commit
+            # A provisioning cut short by a restart may have left a runner behind.
+            leftover = await self._sandbox_of(agent_id)
+            if leftover is not None:
+                await self.runtime.destroy(leftover)
             source = None
             if repo and base_ref and base_commit:
                 source = RepoSource(repo=Path(repo), base_ref=base_ref, base_commit=base_commit)
@@ -479,7 +486,9 @@ class AgentService:
             resume_session_id=agent.executor_session_id or "",
         )
 
-    async def _runs_to_resend(self, agent_id: str) -> list[pb.Run]:
+    async def _runs_to_resend(self, agent_id: str) -> list[pb.PlatformMessage]:
+        """What a (re)connected runner must hear about runs marked running: the runs themselves
+        (a runner ignores one it already knows) and interrupts that may not have reached it."""
         async with self.db.read() as session:
             agent = await session.get(AgentRow, agent_id)
             runs = list(
@@ -492,9 +501,13 @@ class AgentService:
         if agent is None:
             return []
         messages = []
+        grace = self.settings.sessions.interrupt_grace_seconds
         for run in runs:
             with contextlib.suppress(InvalidRequest):
-                messages.append(self._run_message(run, agent))
+                messages.append(pb.PlatformMessage(run=self._run_message(run, agent)))
+            if run.interrupt_requested:
+                interrupt = pb.Interrupt(request_id=run.request_id, grace_seconds=grace)
+                messages.append(pb.PlatformMessage(interrupt=interrupt))
         return messages
 
     async def _run_finished(self, agent_id: str, request_id: str | None) -> None:
@@ -512,6 +525,10 @@ class AgentService:
 
     async def _runner_lost_from_link(self, agent_id: str) -> None:
         self._links.pop(agent_id, None)
+        # Whatever is left of the sandbox cannot be driven any more.
+        sandbox = await self._sandbox_of(agent_id)
+        if sandbox is not None:
+            await self.runtime.destroy(sandbox)
         await self._runner_lost(agent_id)
 
     async def _runner_lost(self, agent_id: str) -> None:

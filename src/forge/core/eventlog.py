@@ -7,15 +7,23 @@ import asyncio
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import select, update
+from sqlalchemy import Table, and_, insert, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from forge.core import ids
 from forge.core.events import EventDraft, EventEnvelope
 from forge.store.db import Database
 from forge.store.tables import AgentRow, DeliveryRow, EventRow, RunRow, utcnow
+
+# The tables themselves: `append` and `read` use plain (Core) statements, not ORM objects.
+_AGENTS = cast(Table, AgentRow.__table__)
+_RUNS = cast(Table, RunRow.__table__)
+_EVENTS = cast(Table, EventRow.__table__)
+_DELIVERIES = cast(Table, DeliveryRow.__table__)
 
 
 class EventBus:
@@ -53,6 +61,16 @@ class _Endpoint:
     secret: str | None
 
 
+@dataclass
+class _RunState:
+    """What `append` needs of a run row, and the changes its events make to it."""
+
+    id: int
+    started_at: datetime | None
+    endpoints: list[_Endpoint]
+    changes: dict[str, Any] = field(default_factory=dict)
+
+
 class EventLog:
     """Appends events to agents' logs and reads them back."""
 
@@ -72,58 +90,78 @@ class EventLog:
         `runner_ack` were stored before (a replay after reconnecting) and are skipped, so the log
         has each event exactly once. `runner_ack` raises the stored acknowledgement.
         """
+        # Plain multi-row statements rather than ORM objects: a batch costs a handful of round
+        # trips to the database whatever its size, and no per-row unit-of-work bookkeeping.
         sealed: list[EventEnvelope] = []
-        deliveries: list[DeliveryRow] = []
+        events: list[dict[str, Any]] = []
+        deliveries: list[dict[str, Any]] = []
         async with self.db.write() as session:
-            agent = await session.get(AgentRow, agent_id)
-            if agent is None:
+            conn = await session.connection()
+            found = await _agent_and_runs(conn, agent_id, {d.request_id for d in drafts})
+            if found is None:
                 return []
-            stored_ack = agent.runner_ack
+            seq, stored_ack, runs = found
             fresh = [d for d in drafts if d.runner_seq == 0 or d.runner_seq > stored_ack]
-            runs = await self._runs_for(session, agent_id, fresh)
-            seq = agent.last_seq
+            now, attempt_at = utcnow(), time.time()
+            session_id: str | None = None
             for draft in fresh:
                 seq += 1
                 envelope = draft.seal(agent_id=agent_id, seq=seq, event_id=ids.event_id())
-                body = json.dumps(envelope.to_wire(), separators=(",", ":"))
-                session.add(
-                    EventRow(
-                        id=envelope.event_id,
-                        agent_id=agent_id,
-                        seq=seq,
-                        request_id=draft.request_id,
-                        event_type=draft.event_type,
-                        is_final=envelope.is_final,
-                        body=body,
-                    )
+                events.append(
+                    {
+                        "id": envelope.event_id,
+                        "agent_id": agent_id,
+                        "seq": seq,
+                        "request_id": draft.request_id,
+                        "event_type": draft.event_type,
+                        "is_final": envelope.is_final,
+                        "body": json.dumps(envelope.to_wire(), separators=(",", ":")),
+                        "created_at": now,
+                    }
                 )
                 run = runs.get(draft.request_id) if draft.request_id else None
                 if run is not None:
-                    for endpoint in _endpoints(run):
+                    for endpoint in run.endpoints:
                         deliveries.append(
-                            DeliveryRow(
-                                id=ids.delivery_id(),
-                                event_id=envelope.event_id,
-                                agent_id=agent_id,
-                                request_id=draft.request_id,
-                                seq=seq,
-                                endpoint_url=endpoint.url,
-                                secret=endpoint.secret,
-                                status="pending",
-                                attempts=0,
-                                next_attempt_at=time.time(),
-                            )
+                            {
+                                "id": ids.delivery_id(),
+                                "event_id": envelope.event_id,
+                                "agent_id": agent_id,
+                                "request_id": draft.request_id,
+                                "seq": seq,
+                                "endpoint_url": endpoint.url,
+                                "secret": endpoint.secret,
+                                "status": "pending",
+                                "attempts": 0,
+                                "next_attempt_at": attempt_at,
+                                "created_at": now,
+                            }
                         )
-                    _apply_to_run(run, draft)
+                    _apply_to_run(run, draft, now)
                 if draft.session_id:
-                    agent.executor_session_id = draft.session_id
+                    session_id = draft.session_id
                 sealed.append(envelope)
-            agent.last_seq = seq
-            if runner_ack is not None and runner_ack > stored_ack:
-                agent.runner_ack = runner_ack
             # The event rows go in before the delivery rows that reference them.
-            await session.flush()
-            session.add_all(deliveries)
+            if events:
+                await conn.execute(insert(_EVENTS), events)
+            if deliveries:
+                await conn.execute(insert(_DELIVERIES), deliveries)
+            for run in runs.values():
+                if run.changes:
+                    await conn.execute(
+                        update(_RUNS).where(_RUNS.c.id == run.id).values(run.changes)
+                    )
+            agent_changes: dict[str, Any] = {}
+            if sealed:
+                agent_changes["last_seq"] = seq
+            if session_id:
+                agent_changes["executor_session_id"] = session_id
+            if runner_ack is not None and runner_ack > stored_ack:
+                agent_changes["runner_ack"] = runner_ack
+            if agent_changes:
+                await conn.execute(
+                    update(_AGENTS).where(_AGENTS.c.id == agent_id).values(agent_changes)
+                )
         if sealed:
             self.bus.publish(agent_id, seq)
         if deliveries:
@@ -135,49 +173,84 @@ class EventLog:
     ) -> list[dict[str, Any]]:
         """Envelopes with `seq` > `after`, oldest first, at most `limit`."""
         async with self.db.read() as session:
-            rows = await session.scalars(
-                select(EventRow.body)
-                .where(EventRow.agent_id == agent_id, EventRow.seq > after)
-                .order_by(EventRow.seq)
+            conn = await session.connection()
+            rows = await conn.execute(
+                select(_EVENTS.c.body)
+                .where(_EVENTS.c.agent_id == agent_id, _EVENTS.c.seq > after)
+                .order_by(_EVENTS.c.seq)
                 .limit(limit)
             )
-            return [json.loads(body) for body in rows]
+            return [json.loads(body) for (body,) in rows]
 
-    async def _runs_for(
-        self, session: Any, agent_id: str, drafts: list[EventDraft]
-    ) -> dict[str, RunRow]:
-        request_ids = {d.request_id for d in drafts if d.request_id}
-        if not request_ids:
-            return {}
-        rows = await session.scalars(
-            select(RunRow).where(RunRow.agent_id == agent_id, RunRow.request_id.in_(request_ids))
+
+async def _agent_and_runs(
+    conn: AsyncConnection, agent_id: str, request_ids: set[str | None]
+) -> tuple[int, int, dict[str, _RunState]] | None:
+    """The agent's `last_seq` and `runner_ack` and the runs named in `request_ids`, in one
+    query that also locks the agent's row (one appender at a time; SQLite has no row locks
+    and needs none: its writes are serialised). None if there is no such agent."""
+    wanted = sorted(r for r in request_ids if r)
+    rows = (
+        await conn.execute(
+            select(
+                _AGENTS.c.last_seq,
+                _AGENTS.c.runner_ack,
+                _RUNS.c.id,
+                _RUNS.c.request_id,
+                _RUNS.c.started_at,
+                _RUNS.c.webhook_url,
+                _RUNS.c.webhook_secret,
+                _RUNS.c.interrupt_webhook_url,
+            )
+            .select_from(
+                _AGENTS.outerjoin(
+                    _RUNS,
+                    and_(_RUNS.c.agent_id == _AGENTS.c.id, _RUNS.c.request_id.in_(wanted)),
+                )
+            )
+            .where(_AGENTS.c.id == agent_id)
+            .with_for_update(of=_AGENTS)
         )
-        return {row.request_id: row for row in rows}
+    ).all()
+    if not rows:
+        return None
+    runs = {
+        row.request_id: _RunState(
+            id=row.id,
+            started_at=row.started_at,
+            endpoints=_endpoints(row.webhook_url, row.webhook_secret, row.interrupt_webhook_url),
+        )
+        for row in rows
+        if row.id is not None
+    }
+    return rows[0].last_seq, rows[0].runner_ack, runs
 
 
-def _endpoints(run: RunRow) -> list[_Endpoint]:
+def _endpoints(
+    webhook_url: str | None, secret: str | None, interrupt_webhook_url: str | None
+) -> list[_Endpoint]:
     endpoints = []
-    if run.webhook_url:
-        endpoints.append(_Endpoint(run.webhook_url, run.webhook_secret))
-    if run.interrupt_webhook_url and run.interrupt_webhook_url != run.webhook_url:
-        endpoints.append(_Endpoint(run.interrupt_webhook_url, run.webhook_secret))
+    if webhook_url:
+        endpoints.append(_Endpoint(webhook_url, secret))
+    if interrupt_webhook_url and interrupt_webhook_url != webhook_url:
+        endpoints.append(_Endpoint(interrupt_webhook_url, secret))
     return endpoints
 
 
-def _apply_to_run(run: RunRow, draft: EventDraft) -> None:
+def _apply_to_run(run: _RunState, draft: EventDraft, now: datetime) -> None:
     """Keep the run's row in step with its events (started, finished, outcome, usage)."""
-    now = utcnow()
+    changes = run.changes
     if draft.event_type == "agent.status" and draft.status == "running" and run.started_at is None:
-        run.started_at = now
+        run.started_at = changes["started_at"] = now
     elif draft.event_type == "agent.complete":
-        run.status = draft.outcome or "failed"
-        run.outcome = draft.outcome
-        run.usage = draft.usage.model_dump() if draft.usage else None
-        run.finished_at = now
+        changes["status"] = draft.outcome or "failed"
+        changes["outcome"] = draft.outcome
+        changes["usage"] = draft.usage.model_dump() if draft.usage else None
+        changes["finished_at"] = now
     elif draft.event_type == "agent.error":
-        run.status = "error"
-        run.error = draft.error.model_dump() if draft.error else None
-        run.finished_at = now
+        changes["status"] = "error"
+        changes["error"] = draft.error.model_dump() if draft.error else None
+        changes["finished_at"] = now
 
 
 async def reset_runner_ack(db: Database, agent_id: str) -> None:

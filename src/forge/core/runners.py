@@ -18,7 +18,13 @@ import grpc
 
 from forge.core.eventlog import EventLog
 from forge.core.events import ErrorInfo, EventDraft, Usage
-from forge.runner.client import RunnerClient, RunnerDisconnected, RunnerStream, RunnerUnavailable
+from forge.runner.client import (
+    RunnerClient,
+    RunnerDisconnected,
+    RunnerStream,
+    RunnerUnauthenticated,
+    RunnerUnavailable,
+)
 from forge.runner.proto import runner_pb2 as pb
 from forge.sandbox.base import Runtime, Sandbox
 from forge.store.db import Database
@@ -31,7 +37,7 @@ _QUEUE_LIMIT = 4096
 
 FinalHook = Callable[[str, str | None], Awaitable[None]]
 LostHook = Callable[[str], Awaitable[None]]
-ResendHook = Callable[[str], Awaitable[list[pb.Run]]]
+ResendHook = Callable[[str], Awaitable[list[pb.PlatformMessage]]]
 
 
 def draft_from_runner(msg: pb.RunnerMessage) -> EventDraft | None:
@@ -169,7 +175,12 @@ class RunnerLink:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
-                log.warning("runner of %s did not shut down within %ss", self.agent_id, timeout)
+                log.warning("runner of %s did not shut down within %ss; forcing", self.agent_id,
+                            timeout)
+                # Executors run in their own process groups: have the runner kill them first.
+                await self.send(pb.PlatformMessage(shutdown=pb.Shutdown(graceful=False)))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self._task), 3.0)
         await self.close()
 
     async def close(self) -> None:
@@ -193,11 +204,16 @@ class RunnerLink:
                 self._stream = stream
                 self._connected.set()
                 backoff = 0.1
-                for run in await self._runs_to_resend(self.agent_id):
-                    await stream.send(pb.PlatformMessage(run=run))
+                for message in await self._runs_to_resend(self.agent_id):
+                    await stream.send(message)
                 await self._pump(stream)
             except asyncio.CancelledError:
                 raise
+            except RunnerUnauthenticated:
+                # Retrying cannot help: this runner is not ours to drive.
+                log.error("runner of %s refused our token; giving it up", self.agent_id)
+                await self._on_lost(self.agent_id)
+                return
             except (RunnerDisconnected, RunnerUnavailable, grpc.aio.AioRpcError) as exc:
                 log.info("stream to runner of %s ended: %s", self.agent_id, exc)
             except Exception:

@@ -1,7 +1,14 @@
-"""Webhook delivery: signing, the URL guard and the outbox dispatcher."""
+"""Webhook delivery: signing, the URL guard, the outbox dispatcher and its HTTP transport.
 
-from forge.delivery.dispatcher import WebhookDispatcher
+- `signing`: Standard Webhooks and Go Forge signature headers.
+- `url_guard`: which URLs may be sent to (checked on accepting a URL and before each delivery).
+- `dispatcher`: `WebhookDispatcher`, which sends the `deliveries` outbox in order per stream.
+- `outbox`: the dispatcher's SQL. `retry`: the backoff policy. `transport`: lean HTTP/1.1 for httpx.
+"""
+
+from forge.delivery.dispatcher import WebhookDispatcher, new_webhook_client
 from forge.delivery.signing import headers_for, sign, validate_webhook_secret
+from forge.delivery.transport import WebhookTransport
 from forge.delivery.url_guard import (
     UnresolvableWebhookHost,
     check_webhook_url,
@@ -11,8 +18,10 @@ from forge.delivery.url_guard import (
 __all__ = [
     "UnresolvableWebhookHost",
     "WebhookDispatcher",
+    "WebhookTransport",
     "check_webhook_url",
     "headers_for",
+    "new_webhook_client",
     "sign",
     "validate_webhook_secret",
     "validate_webhook_url_form",

@@ -1,16 +1,19 @@
 """The webhook dispatcher: sends the `deliveries` outbox, in order per stream, with retries.
 
 How it works:
-- A scan loop finds the heads of streams (the lowest pending delivery of each (endpoint_url,
-  agent_id)) whose time has come, in one query, and starts one stream worker for each, up to
-  `max_in_flight` workers. It sleeps until woken (`wake()`), until the next head is due, or for at
-  most a second, so rows written by another process are noticed too.
+- A scan loop reads the heads of streams (the lowest pending delivery of each (endpoint_url,
+  agent_id)) in one query, keeps the due ones as ready, and starts one stream worker for each, up
+  to `max_in_flight` workers, refilling from the ready ones as workers finish. It scans again when
+  woken (`wake()`), when a waiting head falls due, when nothing is ready, and at least every second,
+  so rows written by another process are noticed too.
 - A stream worker sends its stream's deliveries one at a time in `seq` order, loading them in
   batches. It stops at a delivery that must wait for a retry; the scan loop restarts the stream
   when that delivery is due. A slow stream therefore holds up only itself.
 - Outcomes are written by one writer in batched, short transactions, never while an HTTP request is
-  open. A worker leaves its stream only once its outcomes are committed, so the scan loop never
-  sees a stale head.
+  open. A worker frees its sending slot as soon as it stops sending, but holds its stream until its
+  outcomes are committed, so the scan loop never restarts a stream from a stale head.
+- Requests go through `WebhookTransport` (lean HTTP/1.1), which also applies the URL guard's
+  address rule to the addresses it actually connects to.
 Delivery is at least once: a delivery sent but not yet recorded when the process dies is sent again
 with the same `webhook-id`, which receivers use to drop duplicates.
 """
@@ -19,7 +22,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
+import math
 import time
 from collections import deque
 from datetime import UTC, datetime
@@ -47,23 +52,50 @@ from forge.delivery.retry import (
     parse_retry_after,
 )
 from forge.delivery.signing import headers_for
-from forge.delivery.url_guard import UnresolvableWebhookHost, check_webhook_url
+from forge.delivery.transport import WebhookTransport
+from forge.delivery.url_guard import (
+    UnresolvableWebhookHost,
+    address_refusal,
+    check_webhook_url,
+)
 from forge.store.db import Database
 
 log = logging.getLogger(__name__)
 
 # Longest sleep of the scan loop, so rows written by another process are picked up.
 MAX_IDLE_SECONDS = 1.0
+# Stream heads read per scan of the outbox.
+SCAN_BATCH = 1000
 # Deliveries of one stream loaded per query.
 STREAM_BATCH = 100
+# Shortest time between two scans of the outbox while busy.
+MIN_SCAN_INTERVAL_SECONDS = 0.005
 # How long a URL check (DNS included) is reused for the same URL.
 URL_CHECK_TTL_SECONDS = 10.0
 _URL_CHECK_CACHE_SIZE = 10_000
-# Bytes of a response read (to keep the connection reusable) and quoted in last_error.
+# Bytes of a response body read, of which the start is quoted in last_error.
 _RESPONSE_READ_LIMIT = 64 * 1024
 _ERROR_SNIPPET = 200
+# How long the writer lets records gather before a write: fewer, larger transactions.
+_WRITE_COALESCE_SECONDS = 0.005
 # Pause after a database error in a stream worker, so a failing database is not hammered.
 _ERROR_PAUSE_SECONDS = 1.0
+
+
+def new_webhook_client(settings: WebhookSettings) -> httpx.AsyncClient:
+    """The httpx client deliveries are sent with: the lean `WebhookTransport`, which applies the
+    URL guard's address rule to every address it connects to."""
+    return httpx.AsyncClient(
+        transport=WebhookTransport(
+            # Every attempt in flight may go to one origin: keep that many connections.
+            max_idle_per_origin=settings.max_in_flight,
+            check_address=functools.partial(address_refusal, settings=settings),
+        ),
+        follow_redirects=False,  # a redirect could lead past the URL guard
+        trust_env=False,  # no proxies or .netrc credentials from the environment
+        timeout=settings.timeout_seconds,
+        headers={"accept-encoding": "identity"},  # response bodies are only quoted in errors
+    )
 
 
 class WebhookDispatcher:
@@ -84,14 +116,25 @@ class WebhookDispatcher:
         self._settings = settings
         self._outbox = Outbox(db)
         self._client = client
-        self._owns_client = client is None
+        self._owns_client = False
         self._wake = asyncio.Event()
         self._stopping = False
         self._scan_task: asyncio.Task[None] | None = None
         self._streams: dict[StreamKey, asyncio.Task[None]] = {}
+        # Workers sending now (the others only wait for their outcomes to be committed, and
+        # keep their stream from being started again until then). At most max_in_flight.
+        self._sending = 0
         # Streams whose worker ended since the current scan began: the scan may have read their
         # head before the worker's last outcome was committed, so it must not restart them.
         self._ended_during_scan: set[StreamKey] = set()
+        # Due heads read by the last scan and not started yet, oldest first.
+        self._ready: dict[StreamKey, StreamHead] = {}
+        self._rescan = True  # set by wake(): new rows may have made new streams due
+        self._wakes = 0  # wake() calls so far
+        self._wakes_at_scan = 0  # ... when the last scan began
+        self._next_due = math.inf  # earliest known next_attempt_at of a stream that is waiting
+        self._last_scan = -math.inf  # time.monotonic() of the last scan
+        self._scan_cost = 0.0  # seconds the last scan took
         self._writer: _RecordWriter | None = None
         # url -> (monotonic expiry, refusal message or None when allowed)
         self._url_checks: dict[str, tuple[float, str | None]] = {}
@@ -103,23 +146,19 @@ class WebhookDispatcher:
         if self._scan_task is not None:
             return
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                follow_redirects=False,  # a redirect could lead past the URL guard
-                trust_env=False,  # no proxies or .netrc credentials from the environment
-                timeout=self._settings.timeout_seconds,
-                limits=httpx.Limits(
-                    max_connections=self._settings.max_in_flight,
-                    max_keepalive_connections=self._settings.max_in_flight,
-                ),
-            )
+            self._client = new_webhook_client(self._settings)
             self._owns_client = True
         self._stopping = False
+        self._ready.clear()
+        self._rescan = True
         self._writer = _RecordWriter(self._outbox)
         self._writer.start()
         self._scan_task = asyncio.create_task(self._scan_loop(), name="webhook-dispatcher")
 
     def wake(self) -> None:
         """Look for due deliveries now. Cheap; call it after committing new delivery rows."""
+        self._rescan = True
+        self._wakes += 1
         self._wake.set()
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
@@ -143,7 +182,9 @@ class WebhookDispatcher:
         if self._owns_client and self._client is not None:
             await self._client.aclose()
             self._client = None
+            self._owns_client = False
         self._streams.clear()
+        self._sending = 0  # tasks cancelled before they ran never counted themselves out
         self._scan_task = None
 
     # ---- scan loop -------------------------------------------------------------------------------
@@ -152,7 +193,7 @@ class WebhookDispatcher:
         while not self._stopping:
             self._wake.clear()
             try:
-                delay = await self._start_due_streams()
+                delay = await self._dispatch()
             except Exception:
                 log.exception("webhook dispatcher: reading the outbox failed; trying again")
                 delay = MAX_IDLE_SECONDS
@@ -163,47 +204,101 @@ class WebhookDispatcher:
                     async with asyncio.timeout(delay):
                         await self._wake.wait()
 
-    async def _start_due_streams(self) -> float:
-        """Start workers for due stream heads; return how long to sleep before looking again."""
-        capacity = self._settings.max_in_flight - len(self._streams)
-        if capacity <= 0:
+    async def _dispatch(self) -> float:
+        """Start workers for due streams; return how long the loop may sleep."""
+        if self._sending >= self._settings.max_in_flight:
             return MAX_IDLE_SECONDS  # a finishing worker wakes the loop
+        if self._scan_wanted():
+            # A scan costs time in proportion to the pending rows, so scans are spaced out by
+            # at least their own duration: at most half the time goes to scanning.
+            pause = self._last_scan + max(MIN_SCAN_INTERVAL_SECONDS, self._scan_cost)
+            pause -= time.monotonic()
+            if pause <= 0:
+                await self._scan()
+            elif not self._ready:
+                return pause
+        await self._start_ready()
+        if self._ready:
+            return MAX_IDLE_SECONDS  # every slot is busy; a finishing worker wakes the loop
+        until_due = self._next_due - time.time()
+        until_rescan = self._last_scan + MAX_IDLE_SECONDS - time.monotonic()
+        return max(0.0, min(until_due, until_rescan, MAX_IDLE_SECONDS))
+
+    def _scan_wanted(self) -> bool:
+        return (
+            self._rescan
+            or not self._ready
+            or time.time() >= self._next_due
+            or time.monotonic() - self._last_scan >= MAX_IDLE_SECONDS
+        )
+
+    async def _scan(self) -> None:
+        """Read the heads of streams: due ones become ready, the first not due sets `_next_due`."""
+        self._rescan = False
+        self._wakes_at_scan = self._wakes
         self._ended_during_scan.clear()
-        # Heads of busy streams come back too; asking for that many more leaves room for new ones.
-        heads = await self._outbox.heads(limit=capacity + len(self._streams))
+        self._next_due = math.inf  # before reading: workers ending meanwhile add theirs
+        started = time.monotonic()
+        # Heads of busy streams come back too; asking for that many more leaves room for others.
+        heads = await self._outbox.heads(limit=SCAN_BATCH + len(self._streams))
         now = time.time()
-        chosen: dict[StreamKey, StreamHead] = {}
-        next_due: float | None = None
+        self._ready.clear()
         for head in heads:
             stream = head.delivery.stream
-            if stream in self._streams or stream in chosen or stream in self._ended_during_scan:
+            if stream in self._streams or stream in self._ended_during_scan:
                 continue  # an ended stream wakes the loop, and the next scan reads it afresh
             if head.delivery.next_attempt_at > now:
-                next_due = head.delivery.next_attempt_at
+                self._due_at(head.delivery.next_attempt_at)
                 break
-            if len(chosen) >= capacity:
-                break
-            chosen[stream] = head
-        if chosen:
-            await self._outbox.load_bodies([head.delivery for head in chosen.values()])
-        for stream, head in chosen.items():
+            self._ready.setdefault(stream, head)
+        self._last_scan = time.monotonic()
+        self._scan_cost = self._last_scan - started
+
+    async def _start_ready(self) -> None:
+        """Start workers for ready streams while there is room, oldest first."""
+        room = self._settings.max_in_flight - self._sending
+        chosen: list[StreamHead] = []
+        while self._ready and len(chosen) < room:
+            stream = next(iter(self._ready))
+            head = self._ready.pop(stream)
+            if stream not in self._streams:
+                chosen.append(head)
+        if not chosen:
+            return
+        await self._outbox.load_bodies([head.delivery for head in chosen])
+        for head in chosen:
             if self._stopping:
                 break
+            stream = head.delivery.stream
+            self._sending += 1
             self._streams[stream] = asyncio.create_task(
-                self._run_stream(head), name=f"webhook-stream:{_host(stream[0])}"
+                self._run_stream(head, self._wakes_at_scan),
+                name=f"webhook-stream:{_host(stream[0])}",
             )
-        if next_due is None:
-            return MAX_IDLE_SECONDS
-        return min(max(0.0, next_due - time.time()), MAX_IDLE_SECONDS)
+
+    def _due_at(self, when: float) -> None:
+        """Note that a stream is due again at `when`, so the loop wakes then."""
+        self._next_due = min(self._next_due, when)
 
     # ---- stream workers --------------------------------------------------------------------------
 
-    async def _run_stream(self, head: StreamHead) -> None:
+    async def _run_stream(self, head: StreamHead, wakes_at_scan: int) -> None:
         stream = head.delivery.stream
         try:
-            written = await self._drain_stream(head)
+            try:
+                written, due_at = await self._drain_stream(head)
+            finally:
+                # Its slot is free once it stops sending; another stream may use it meanwhile.
+                self._sending -= 1
+                self._wake.set()
             if written is not None and not await written:
                 await asyncio.sleep(_ERROR_PAUSE_SECONDS)
+            if due_at is not None:
+                self._due_at(due_at)
+            elif self._wakes != wakes_at_scan:
+                # Rows may have been added to this stream since its head was read, and a scan
+                # while it ran skipped it: look again.
+                self._rescan = True
         except Exception:
             log.exception("webhook dispatcher: stream to %s failed; trying again", _host(stream[0]))
             await asyncio.sleep(_ERROR_PAUSE_SECONDS)
@@ -212,8 +307,14 @@ class WebhookDispatcher:
             self._ended_during_scan.add(stream)
             self._wake.set()
 
-    async def _drain_stream(self, head: StreamHead) -> asyncio.Future[bool] | None:
-        """Send the stream's due deliveries in order; return the future of the last write."""
+    async def _drain_stream(
+        self, head: StreamHead
+    ) -> tuple[asyncio.Future[bool] | None, float | None]:
+        """Send the stream's due deliveries in order.
+
+        Returns the future of the last write and, when the stream stopped at a delivery that must
+        wait, when that delivery is due.
+        """
         assert self._writer is not None
         stream = head.delivery.stream
         queue: deque[PendingDelivery] = deque([head.delivery])
@@ -231,14 +332,14 @@ class WebhookDispatcher:
                     break
             delivery = queue[0]
             if delivery.next_attempt_at > time.time():
-                break  # waiting for a retry; the scan loop comes back when it is due
+                return written, delivery.next_attempt_at  # the scan loop comes back then
             queue.popleft()
             last = (delivery.seq, delivery.id)
             record = await self._attempt(delivery)
             written = self._writer.add(record)
             if record.status == PENDING:
-                break
-        return written
+                return written, record.next_attempt_at
+        return written, None
 
     # ---- one attempt -----------------------------------------------------------------------------
 
@@ -302,7 +403,7 @@ class WebhookDispatcher:
             ) as resp,
         ):
             received = bytearray()
-            async for chunk in resp.aiter_bytes():
+            async for chunk in resp.aiter_raw():
                 received += chunk
                 if len(received) >= _RESPONSE_READ_LIMIT:
                     break  # the connection is dropped rather than reading more
@@ -418,6 +519,8 @@ class _RecordWriter:
     async def _run(self) -> None:
         while True:
             await self._has_work.wait()
+            if not self._closing:
+                await asyncio.sleep(_WRITE_COALESCE_SECONDS)  # let a batch gather
             self._has_work.clear()
             await self._write_queued()
             if self._closing and not self._records:

@@ -138,6 +138,21 @@ async def resolve(host: str, port: int) -> list[IPAddress]:
     return addresses
 
 
+def address_refusal(host: str, address: IPAddress, settings: WebhookSettings) -> str | None:
+    """Why `host`, resolved to `address`, must not be connected to, or None when it may be.
+
+    The rule of `check_webhook_url` for one address, for use at connection time (the transport
+    calls it on the addresses it actually connects to, so a DNS answer that changes after the
+    check cannot lead into the private network).
+    """
+    if settings.allow_private or _is_allowed_host(host.lower().rstrip("."), settings):
+        return None
+    problem = address_problem(address)
+    if problem is None:
+        return None
+    return f"{host} resolves to {address}, {problem}"
+
+
 async def check_webhook_url(url: str, settings: WebhookSettings) -> None:
     """Raise `InvalidRequest` (code `invalid_webhook_url`) unless Forge may POST to `url`.
 

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Mapping
+from collections import deque
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import grpc
@@ -26,8 +27,11 @@ from forge.runner.proto import runner_pb2, runner_pb2_grpc
 
 # Events carry whole output lines (up to 16 MiB, raw and normalized): allow large messages.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-# Messages read ahead of the caller; beyond that gRPC flow control holds the runner back.
-_READ_AHEAD = 1024
+# Batches read ahead of the caller; beyond that gRPC flow control holds the runner back (which
+# then writes larger batches). A batch holds at most 1000 messages or 4 MiB (see the runner).
+_READ_AHEAD = 8
+# How long `RunnerStream.close` lets the runner end the stream before cancelling it.
+CLOSE_SECONDS = 1.0
 
 CHANNEL_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -85,7 +89,7 @@ class RunnerClient:
         self._channel = grpc.aio.insecure_channel(grpc_target(address), options=CHANNEL_OPTIONS)
         self._stub = runner_pb2_grpc.RunnerStub(self._channel)  # type: ignore[no-untyped-call]
 
-    async def wait_ready(self, timeout: float) -> None:  # noqa: ASYNC109
+    async def wait_ready(self, timeout: float) -> None:
         """Wait until the runner accepts connections; `RunnerUnavailable` after `timeout` s."""
         try:
             await asyncio.wait_for(self._channel.channel_ready(), timeout)
@@ -120,17 +124,22 @@ class RunnerClient:
 class RunnerStream:
     """One `Connect` stream: send `PlatformMessage`s, iterate `RunnerMessage`s.
 
-    Iteration raises `RunnerDisconnected` when the stream drops and stops after `close()`.
-    Cancelling a read (e.g. with `asyncio.wait_for`) does not harm the stream.
+    The runner writes its messages in `RunnerBatch`es; iteration yields them one at a time, in
+    order. Iteration raises `RunnerDisconnected` when the stream drops and stops after
+    `close()`. Cancelling a read (e.g. with `asyncio.wait_for`) does not harm the stream.
     """
 
     def __init__(self, call: Any) -> None:
         self._call = call
         self._closed = False
         self._write_lock = asyncio.Lock()
-        self._inbox: asyncio.Queue[runner_pb2.RunnerMessage | RunnerDisconnected | None] = (
-            asyncio.Queue(maxsize=_READ_AHEAD)
-        )
+        self._inbox: asyncio.Queue[
+            Sequence[runner_pb2.RunnerMessage] | RunnerDisconnected | None
+        ] = asyncio.Queue(maxsize=_READ_AHEAD)
+        # The rest of the batch being iterated.
+        self._current: deque[runner_pb2.RunnerMessage] = deque()
+        # Stream messages (batches) read so far: how well the runner's writes are batched.
+        self.batches_received = 0
         self._reader = asyncio.create_task(self._read_all())
 
     @property
@@ -180,29 +189,43 @@ class RunnerStream:
         await self.send(runner_pb2.PlatformMessage(shutdown=shutdown))
 
     async def close(self) -> None:
-        """End the stream from this side; the runner keeps running and keeps its messages."""
+        """End the stream from this side; the runner keeps running and keeps its messages.
+
+        Messages already sent are delivered first (the stream is half-closed and the runner
+        ends it); after `CLOSE_SECONDS` the call is cancelled. Iteration then stops.
+        """
         if self._closed:
             return
         self._closed = True
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(CLOSE_SECONDS):
+                async with self._write_lock:
+                    await self._call.done_writing()
+                await asyncio.shield(self._reader)
         self._call.cancel()
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await self._reader
+        while not self._inbox.empty():
+            self._inbox.get_nowait()
+        self._current.clear()
         self._end_reads(None)
 
     def __aiter__(self) -> RunnerStream:
         return self
 
     async def __anext__(self) -> runner_pb2.RunnerMessage:
-        if self._closed and self._inbox.empty():
+        if self._closed:
             raise StopAsyncIteration
-        item = await self._inbox.get()
-        if item is None or isinstance(item, RunnerDisconnected):
-            self._end_reads(item)  # every later read ends the same way
-            if item is None:
-                raise StopAsyncIteration
-            raise item
-        return item
+        if not self._current:
+            item = await self._inbox.get()
+            if item is None or isinstance(item, RunnerDisconnected):
+                self._end_reads(item)  # every later read ends the same way
+                if item is None:
+                    raise StopAsyncIteration
+                raise item
+            self._current.extend(item)
+        return self._current.popleft()
 
     def _end_reads(self, item: RunnerDisconnected | None) -> None:
         with contextlib.suppress(asyncio.QueueFull):
@@ -220,18 +243,22 @@ class RunnerStream:
     async def _read_all(self) -> None:
         try:
             while True:
-                message = await self._call.read()
-                if message is grpc.aio.EOF:
+                batch = await self._call.read()
+                if batch is grpc.aio.EOF:
                     code = await self._call.code()
                     details = await self._call.details()
                     raise RunnerDisconnected(
                         f"the runner ended the stream ({code.name}: {details})", code
                     )
-                await self._inbox.put(message)
+                self.batches_received += 1
+                if batch.messages:
+                    await self._inbox.put(batch.messages)
         except grpc.aio.AioRpcError as exc:
-            await self._inbox.put(_disconnected(exc))
+            if not self._closed:
+                await self._inbox.put(_disconnected(exc))
         except RunnerDisconnected as exc:
-            await self._inbox.put(exc)
+            if not self._closed:
+                await self._inbox.put(exc)
         except asyncio.CancelledError:
             if not self._closed:  # cancelled from outside, not by close()
                 self._end_reads(RunnerDisconnected("the stream was cancelled"))

@@ -4,10 +4,10 @@
         [--token-file PATH] [--log-file PATH]
 
 It serves `Runner.Connect` (proto/forge/runner/v1/runner.proto): one platform stream at a time,
-a newer one replacing the older. Runs execute one at a time in arrival order. Durable messages
-(Started, Event, Complete, Error) are numbered 1, 2, 3, ... and kept until the platform
-acknowledges them, across disconnects; the runner outlives any number of platform streams and
-exits only on `Shutdown` or SIGTERM.
+a newer one replacing the older, each write a `RunnerBatch` of whatever messages are ready. Runs
+execute one at a time in arrival order. Durable messages (Started, Event, Complete, Error) are
+numbered 1, 2, 3, ... and kept until the platform acknowledges them, across disconnects; the
+runner outlives any number of platform streams and exits only on `Shutdown` or SIGTERM.
 """
 
 from __future__ import annotations
@@ -55,6 +55,10 @@ KNOWN_REQUEST_IDS = 1000
 DEFAULT_GRACE_SECONDS = 3.0
 # How long a graceful shutdown waits for the platform to acknowledge the last messages.
 DEFAULT_SHUTDOWN_ACK_SECONDS = 10.0
+# Bounds of one `RunnerBatch` (one stream write): message count, and the sum of message sizes
+# (a single larger message still goes, alone).
+BATCH_MAX_MESSAGES = 1000
+BATCH_MAX_BYTES = 4 * 1024 * 1024
 
 SERVER_OPTIONS: list[tuple[str, Any]] = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -119,9 +123,19 @@ class Outbox:
 class PlatformConnection:
     """One platform stream as the runner sees it: the messages still to be written, in order."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        *,
+        max_messages: int = BATCH_MAX_MESSAGES,
+        max_bytes: int = BATCH_MAX_BYTES,
+    ) -> None:
         self._outbox = outbox
+        self._max_messages = max_messages
+        self._max_bytes = max_bytes
         self._pending: asyncio.Queue[runner_pb2.RunnerMessage | None] = asyncio.Queue()
+        # A message taken from `_pending` that did not fit in the last batch.
+        self._carried: runner_pb2.RunnerMessage | None = None
         self.replaced = False
 
     def send(self, message: runner_pb2.RunnerMessage) -> None:
@@ -132,17 +146,39 @@ class PlatformConnection:
         self.replaced = self.replaced or replaced
         self._pending.put_nowait(None)
 
-    async def next_message(self) -> runner_pb2.RunnerMessage | None:
-        """The next message to write, or None when the stream is to end."""
+    async def next_batch(self) -> runner_pb2.RunnerBatch | None:
+        """The messages to write next, or None when the stream is to end.
+
+        Waits for one message, then takes every other one already queued, up to the batch
+        bounds: a lone message goes out at once, and a burst goes out in few writes (while one
+        write waits for the platform, the next batch grows).
+        """
+        batch = runner_pb2.RunnerBatch()
+        size = 0
         while True:
-            message = await self._pending.get()
+            message: runner_pb2.RunnerMessage | None
+            if self._carried is not None:
+                message, self._carried = self._carried, None
+            elif not batch.messages:
+                message = await self._pending.get()
+            elif not self._pending.empty():
+                message = self._pending.get_nowait()
+            else:
+                return batch
             if message is None:
-                self._pending.put_nowait(None)
-                return None
+                self._pending.put_nowait(None)  # every later call ends too
+                return batch if batch.messages else None
             # Acknowledged while it waited here (the platform had it from an earlier stream).
             if message.runner_seq and message.runner_seq <= self._outbox.acked_seq:
                 continue
-            return message
+            message_size = message.ByteSize()
+            if batch.messages and size + message_size > self._max_bytes:
+                self._carried = message  # first in the next batch
+                return batch
+            batch.messages.append(message)
+            size += message_size
+            if len(batch.messages) >= self._max_messages:
+                return batch
 
 
 class Runner:
@@ -411,7 +447,12 @@ class Runner:
             del self._queue[request_id]
             self._complete_unstarted(request_id, "the runner is shutting down")
         self._stop_current("interrupted", self._grace_seconds)
-        await self._idle.wait()
+        # Bounded: a run held back by unacknowledged output cannot finish without a platform.
+        stop_seconds = 2 * self._grace_seconds + self._shutdown_ack_seconds
+        try:
+            await asyncio.wait_for(self._idle.wait(), stop_seconds)
+        except TimeoutError:
+            logger.warning("the current run did not end within %g s; exiting", stop_seconds)
         try:
             await asyncio.wait_for(self.outbox.wait_drained(), self._shutdown_ack_seconds)
         except TimeoutError:
@@ -537,8 +578,8 @@ class RunnerService(runner_pb2_grpc.RunnerServicer):
         connection = self._runner.attach(first.hello.resume_after)
         reader = asyncio.create_task(self._read(context, connection))
         try:
-            while (message := await connection.next_message()) is not None:
-                await context.write(message)
+            while (batch := await connection.next_batch()) is not None:
+                await context.write(batch)
         finally:
             reader.cancel()
             self._runner.detach(connection)

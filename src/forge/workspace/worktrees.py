@@ -77,7 +77,7 @@ class WorktreeManager:
 
     async def resolve(self, repo: str, base_ref: str | None) -> RepoSource:
         """Check that `repo` is a git repository and `base_ref` a commit in it (fast; for 4xx)."""
-        path = Path(os.path.expanduser(repo))
+        path = Path(repo)
         if not path.is_absolute():
             raise InvalidRequest(
                 f"repo must be an absolute path, got {repo!r}", code="invalid_repo"

@@ -8,7 +8,7 @@ import json
 from sqlalchemy import select
 
 from forge.core.eventlog import EventBus, EventLog
-from forge.core.events import EventDraft, Usage
+from forge.core.events import ErrorInfo, EventDraft, Usage
 from forge.store.db import Database
 from forge.store.tables import AgentRow, DeliveryRow, EventRow, RunRow
 
@@ -126,3 +126,109 @@ async def test_bus_wakes_waiters() -> None:
     assert await waiter is True
     assert await bus.wait("ag_1", 0, timeout=0.01) is True
     assert await bus.wait("ag_1", 1, timeout=0.01) is False
+
+
+async def test_run_state_follows_its_events(db: Database) -> None:
+    await _agent_with_run(db)
+    log = EventLog(db, EventBus())
+    running = EventDraft(event_type="agent.status", request_id="r1", status="running", runner_seq=1)
+    await log.append("ag_1", [running, _event(2)], runner_ack=2)
+    async with db.read() as s:
+        run = await s.scalar(select(RunRow))
+    assert run is not None and run.started_at is not None and run.finished_at is None
+    started_at = run.started_at
+
+    again = EventDraft(event_type="agent.status", request_id="r1", status="running", runner_seq=3)
+    error = EventDraft(
+        event_type="agent.error",
+        request_id="r1",
+        error=ErrorInfo(code="EXECUTOR_FAILED", message="boom", recoverable=True),
+        runner_seq=4,
+    )
+    sealed = await log.append("ag_1", [again, error], runner_ack=4)
+    assert [e.is_final for e in sealed] == [False, True]
+    async with db.read() as s:
+        run = await s.scalar(select(RunRow))
+    assert run is not None
+    assert run.started_at == started_at  # the first start counts
+    assert (run.status, run.outcome) == ("error", None)
+    assert run.error == {"code": "EXECUTOR_FAILED", "message": "boom", "recoverable": True}
+    assert run.finished_at is not None and run.finished_at >= started_at
+
+
+async def test_interrupt_webhook_gets_the_events_too(db: Database) -> None:
+    await _agent_with_run(db)
+    async with db.write() as s:
+        run = await s.scalar(select(RunRow))
+        assert run is not None
+        run.interrupt_webhook_url = "http://example.com/interrupt"
+    woken: list[int] = []
+    log = EventLog(db, EventBus(), on_outbox=lambda: woken.append(1))
+    sealed = await log.append("ag_1", [_event(1), _event(2)], runner_ack=2)
+    async with db.read() as s:
+        deliveries = list(
+            await s.scalars(select(DeliveryRow).order_by(DeliveryRow.seq, DeliveryRow.endpoint_url))
+        )
+    assert [(d.seq, d.endpoint_url, d.secret) for d in deliveries] == [
+        (seq, url, "sec")
+        for seq in (1, 2)
+        for url in ("http://example.com/hook", "http://example.com/interrupt")
+    ]
+    assert [d.event_id for d in deliveries] == [e.event_id for e in sealed for _ in range(2)]
+    assert {(d.status, d.attempts, d.agent_id, d.request_id) for d in deliveries} == {
+        ("pending", 0, "ag_1", "r1")
+    }
+    assert woken == [1]
+
+
+async def test_the_executors_session_id_is_kept_on_the_agent(db: Database) -> None:
+    await _agent_with_run(db)
+    log = EventLog(db, EventBus())
+    first = _event(1).model_copy(update={"session_id": "s-1"})
+    second = _event(2).model_copy(update={"session_id": "s-2"})
+    await log.append("ag_1", [first, second, _event(3)], runner_ack=3)
+    async with db.read() as s:
+        agent = await s.get(AgentRow, "ag_1")
+    assert agent is not None and agent.executor_session_id == "s-2"
+    assert [e["session_id"] for e in await log.read("ag_1")] == ["s-1", "s-2", None]
+
+
+async def test_a_batch_of_replays_only_stores_and_announces_nothing(db: Database) -> None:
+    await _agent_with_run(db)
+    bus = EventBus()
+    woken: list[int] = []
+    log = EventLog(db, bus, on_outbox=lambda: woken.append(1))
+    await log.append("ag_1", [_event(1), _event(2)], runner_ack=2)
+    assert bus.latest("ag_1") == 2 and woken == [1]
+    assert await log.append("ag_1", [_event(1), _event(2)], runner_ack=2) == []
+    assert bus.latest("ag_1") == 2 and woken == [1]
+    async with db.read() as s:
+        agent = await s.get(AgentRow, "ag_1")
+        assert len(list(await s.scalars(select(DeliveryRow)))) == 2
+    assert agent is not None and (agent.last_seq, agent.runner_ack) == (2, 2)
+
+
+async def test_an_unknown_agent_gets_nothing(db: Database) -> None:
+    bus = EventBus()
+    log = EventLog(db, bus)
+    assert await log.append("ag_missing", [_event(1)], runner_ack=1) == []
+    assert bus.latest("ag_missing") is None
+    assert await log.read("ag_missing") == []
+
+
+async def test_a_large_batch_is_stored_in_order_with_its_deliveries(db: Database) -> None:
+    await _agent_with_run(db)
+    log = EventLog(db, EventBus())
+    sealed = await log.append("ag_1", [_event(i) for i in range(1, 1001)], runner_ack=1000)
+    assert [e.seq for e in sealed] == list(range(1, 1001))
+    assert len({e.event_id for e in sealed}) == 1000
+    stored = await log.read("ag_1", limit=1000)
+    assert [e["entry"]["text"] for e in stored] == [f"m{i}" for i in range(1, 1001)]
+    assert stored == [e.to_wire() for e in sealed]
+    async with db.read() as s:
+        rows = list(await s.scalars(select(EventRow).order_by(EventRow.seq)))
+        deliveries = list(await s.scalars(select(DeliveryRow).order_by(DeliveryRow.seq)))
+    assert [(r.seq, r.id, r.event_type, r.is_final) for r in rows] == [
+        (e.seq, e.event_id, "agent.event", False) for e in sealed
+    ]
+    assert [(d.seq, d.event_id) for d in deliveries] == [(e.seq, e.event_id) for e in sealed]

@@ -1,4 +1,6 @@
-"""Fixtures for webhook delivery: a migrated SQLite database, outbox rows, real HTTP receivers.
+"""Fixtures for webhook delivery: outbox rows, real HTTP receivers, dispatchers.
+
+The migrated SQLite database (`db`) comes from tests/unit/conftest.py.
 
 Everything is offered as a fixture (no imports from this file), so test modules work under any
 pytest import mode.
@@ -13,7 +15,6 @@ import json
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -23,14 +24,6 @@ from forge.core import ids
 from forge.delivery import WebhookDispatcher
 from forge.store.db import Database
 from forge.store.tables import AgentRow, DeliveryRow, EventRow
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[Database]:
-    database = Database("sqlite+aiosqlite:///" + str(tmp_path / "f.db"))
-    await database.migrate()
-    yield database
-    await database.close()
 
 
 def fast_settings(**overrides: object) -> WebhookSettings:

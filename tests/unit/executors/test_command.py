@@ -106,7 +106,7 @@ async def test_output_lines_and_stdin(tmp_path: Path) -> None:
 
 async def test_runs_in_the_workspace(tmp_path: Path) -> None:
     events, _ = await run_all(CommandExecutor("pwd"), context(tmp_path))
-    assert texts(events) == [str(tmp_path.resolve())]
+    assert texts(events) == [str(tmp_path)]  # pytest gives a resolved path
 
 
 async def test_invalid_utf8_is_replaced(tmp_path: Path) -> None:

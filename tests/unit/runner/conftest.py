@@ -50,19 +50,22 @@ def start_runner() -> Iterator[StartRunner]:
     started: list[RunnerProcess] = []
 
     def start(
-        *extra_args: str, token: str | None = None, env: dict[str, str] | None = None
+        *extra_args: str,
+        token: str | None = None,
+        env: dict[str, str] | None = None,
+        listen: str | None = None,
     ) -> RunnerProcess:
         # A short path: unix socket paths are limited to ~107 bytes.
         directory = Path(tempfile.mkdtemp(prefix="frt", dir="/tmp"))
         workspace = directory / "ws"
         workspace.mkdir()
-        address = f"unix:{directory}/r.sock"
+        listen = listen or f"unix:{directory}/r.sock"
         args = [
             sys.executable,
             "-m",
             "forge.runner",
             "--listen",
-            address,
+            listen,
             "--workspace",
             str(workspace),
             "--agent-id",
@@ -85,9 +88,11 @@ def start_runner() -> Iterator[StartRunner]:
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-        runner = RunnerProcess(process, directory, workspace, address, token)
+        runner = RunnerProcess(process, directory, workspace, listen, token)
         started.append(runner)
-        assert _first_line(process, STARTUP_SECONDS) == address, runner.log
+        # The runner prints the address it listens on once it accepts connections.
+        runner.address = _first_line(process, STARTUP_SECONDS)
+        assert runner.address, runner.log
         return runner
 
     yield start

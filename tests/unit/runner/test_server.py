@@ -30,8 +30,8 @@ def kind(message: runner_pb2.RunnerMessage) -> str:
     return str(message.WhichOneof("kind"))
 
 
-async def receive(stream: RunnerStream, timeout: float = 10) -> runner_pb2.RunnerMessage:
-    return await asyncio.wait_for(anext(stream), timeout)
+async def receive(stream: RunnerStream, seconds: float = 10) -> runner_pb2.RunnerMessage:
+    return await asyncio.wait_for(anext(stream), seconds)
 
 
 async def receive_state(stream: RunnerStream) -> runner_pb2.State:
@@ -42,12 +42,12 @@ async def receive_state(stream: RunnerStream) -> runner_pb2.State:
 
 
 async def durable_until_final(
-    stream: RunnerStream, request_id: str, timeout: float = 10
+    stream: RunnerStream, request_id: str, seconds: float = 10
 ) -> list[runner_pb2.RunnerMessage]:
     """Durable messages (States skipped) up to and including `request_id`'s final one."""
     messages: list[runner_pb2.RunnerMessage] = []
     while True:
-        message = await receive(stream, timeout)
+        message = await receive(stream, seconds)
         if kind(message) == "state":
             continue
         messages.append(message)
@@ -63,11 +63,19 @@ def texts(messages: list[runner_pb2.RunnerMessage]) -> list[str]:
     return [entry["text"] for entry in entries(messages) if entry]
 
 
-async def wait_for_file(path: Path, timeout: float = 5) -> str:
-    async with asyncio.timeout(timeout):
-        while not (path.exists() and path.read_text().strip()):
-            await asyncio.sleep(0.02)
-    return path.read_text().strip()
+def read_pid(path: Path) -> int | None:
+    text = path.read_text().strip() if path.exists() else ""
+    return int(text) if text else None
+
+
+async def wait_for_pid(path: Path) -> int:
+    """The pid (or pgid) a command wrote to `path`, once it has."""
+    for _ in range(500):
+        pid = read_pid(path)
+        if pid is not None:
+            return pid
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"{path} was not written")
 
 
 def assert_group_gone(pgid: int) -> None:
@@ -115,11 +123,28 @@ async def test_run_streams_started_events_and_complete(client: RunnerClient) -> 
     await stream.close()
 
 
-async def test_prompt_is_the_commands_stdin(client: RunnerClient) -> None:
+async def test_prompt_is_the_commands_stdin_and_is_not_logged(
+    runner: RunnerProcess, client: RunnerClient
+) -> None:
     stream = await client.connect()
-    await stream.run("req_1", "line one\nline two\n", command("cat"))
+    await stream.run("req_1", "line one\nsecret line two\n", command("cat"))
     messages = await durable_until_final(stream, "req_1")
-    assert texts(messages) == ["line one", "line two"]
+    assert texts(messages) == ["line one", "secret line two"]
+    assert "req_1" in runner.log
+    assert "secret" not in runner.log
+
+
+async def test_listens_on_tcp_port_0_and_prints_the_bound_address(
+    start_runner: StartRunner,
+) -> None:
+    runner = start_runner(listen="tcp:127.0.0.1:0")
+    assert re.fullmatch(r"tcp:127\.0\.0\.1:[1-9]\d*", runner.address)
+    client = runner.client()
+    await client.wait_ready(5)
+    stream = await client.connect()
+    await stream.run("req_1", "", command("echo over tcp"))
+    assert texts(await durable_until_final(stream, "req_1")) == ["over tcp"]
+    await client.close()
 
 
 async def test_nonzero_exit_fails(client: RunnerClient) -> None:
@@ -149,12 +174,30 @@ async def test_reconnect_replays_exactly_the_unacked_messages(client: RunnerClie
     assert state.known_request_ids == ["req_1"]
 
     await stream.ack(5)
-    await asyncio.sleep(0.1)  # let the ack arrive before the stream is dropped
     await stream.close()
     stream = await client.connect(resume_after=0)
     replayed = [await receive(stream) for _ in range(2)]
     assert [m.runner_seq for m in replayed] == [6, 7]
     await receive_state(stream)
+    await stream.close()
+
+
+async def test_many_messages_arrive_in_few_stream_writes(client: RunnerClient) -> None:
+    stream = await client.connect()
+    await stream.run("req_1", "", command("seq 1 3000"))
+    live = await durable_until_final(stream, "req_1")
+    assert [m.runner_seq for m in live] == list(range(1, 3003))
+    assert [json.loads(m.event.raw_json) for m in live[1:-1]] == list(range(1, 3001))
+    # A burst is packed into large batches (how large depends on scheduling).
+    assert stream.batches_received < len(live) // 10
+    await stream.close()
+
+    # Nothing was acked: the replay is queued at once and goes out in full batches.
+    stream = await client.connect(resume_after=0)
+    replayed = [await receive(stream) for _ in range(len(live))]
+    assert [m.SerializeToString() for m in replayed] == [m.SerializeToString() for m in live]
+    await receive_state(stream)
+    assert stream.batches_received == 4  # 3002 messages and a State, <= 1000 a batch
     await stream.close()
 
 
@@ -223,7 +266,7 @@ async def test_interrupt_stops_the_run_and_its_whole_process_group(
     while kind(message := await receive(stream)) != "event":
         pass
     assert json.loads(message.event.entry_json)["text"] == "ready"
-    pgid = int(await wait_for_file(pid_file))
+    pgid = await wait_for_pid(pid_file)
 
     await stream.interrupt("req_1", grace_seconds=0.5)
     messages = await durable_until_final(stream, "req_1")
@@ -238,7 +281,7 @@ async def test_interrupt_of_a_queued_run_completes_it_without_starting(
     stream = await client.connect()
     await stream.run("req_1", "", command(f"echo $$ > {pid_file}; exec sleep 1000"))
     await stream.run("req_2", "", command("echo never"))
-    pgid = int(await wait_for_file(pid_file))
+    pgid = await wait_for_pid(pid_file)
 
     await stream.interrupt("req_2")
     await stream.interrupt("req_unknown")
@@ -283,7 +326,7 @@ async def test_timeout_completes_timed_out(runner: RunnerProcess, client: Runner
     messages = await durable_until_final(stream, "req_1")
     assert messages[-1].complete.outcome == "timed_out"
     assert "timed out" in messages[-1].complete.message
-    assert_group_gone(int(pid_file.read_text()))
+    assert_group_gone(await wait_for_pid(pid_file))
 
 
 async def test_wrong_or_missing_token_is_unauthenticated(start_runner: StartRunner) -> None:
@@ -317,13 +360,26 @@ async def test_executor_sees_only_allowlisted_environment(start_runner: StartRun
     await client.close()
 
 
-async def test_unknown_executor_is_an_error(client: RunnerClient) -> None:
+@pytest.mark.parametrize(
+    ("spec", "code"),
+    [
+        (runner_pb2.ExecutorSpec(kind="no_such_agent"), "UNKNOWN_EXECUTOR"),
+        (runner_pb2.ExecutorSpec(kind="command", command=""), "INVALID_EXECUTOR_SPEC"),
+        (
+            runner_pb2.ExecutorSpec(kind="command", command="true", settings_json="[1]"),
+            "INVALID_EXECUTOR_SPEC",
+        ),
+    ],
+)
+async def test_a_run_that_cannot_be_carried_out_is_an_error(
+    client: RunnerClient, spec: runner_pb2.ExecutorSpec, code: str
+) -> None:
     stream = await client.connect()
-    spec = runner_pb2.ExecutorSpec(kind="no_such_agent")
     await stream.run("req_1", "", spec)
     messages = await durable_until_final(stream, "req_1")
     assert [kind(m) for m in messages] == ["error"]
-    assert messages[0].error.code == "UNKNOWN_EXECUTOR"
+    assert messages[0].error.code == code
+    assert not messages[0].error.recoverable
 
 
 async def test_executor_that_cannot_start_is_an_error(
@@ -347,7 +403,7 @@ async def test_output_pauses_while_too_much_is_unacked(start_runner: StartRunner
     durable = [m for m in received if m.runner_seq]
     assert [m.runner_seq for m in durable] == [1, 2, 3, 4, 5]
     with pytest.raises(TimeoutError):
-        await receive(stream, timeout=0.3)
+        await receive(stream, seconds=0.3)
 
     numbers: list[int] = []
     outcome = ""
@@ -379,7 +435,7 @@ async def test_graceful_shutdown_stops_the_run_and_exits_zero(
     stream = await client.connect()
     await stream.run("req_1", "", command(f"echo $$ > {pid_file}; exec sleep 1000"))
     await stream.run("req_2", "", command("echo never"))
-    pgid = int(await wait_for_file(pid_file))
+    pgid = await wait_for_pid(pid_file)
 
     await stream.shutdown(graceful=True)
     messages = await durable_until_final(stream, "req_1")
@@ -402,7 +458,7 @@ async def test_immediate_shutdown_kills_the_run(
     pid_file = runner.directory / "run.pid"
     stream = await client.connect()
     await stream.run("req_1", "", command(f"echo $$ > {pid_file}; exec sleep 1000"))
-    pgid = int(await wait_for_file(pid_file))
+    pgid = await wait_for_pid(pid_file)
     await stream.shutdown(graceful=False)
     assert await asyncio.to_thread(runner.process.wait, 10) == 0
     assert_group_gone(pgid)

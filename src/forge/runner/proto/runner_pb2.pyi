@@ -81,6 +81,12 @@ class Shutdown(_message.Message):
     graceful: bool
     def __init__(self, graceful: _Optional[bool] = ...) -> None: ...
 
+class RunnerBatch(_message.Message):
+    __slots__ = ("messages",)
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    messages: _containers.RepeatedCompositeFieldContainer[RunnerMessage]
+    def __init__(self, messages: _Optional[_Iterable[_Union[RunnerMessage, _Mapping]]] = ...) -> None: ...
+
 class RunnerMessage(_message.Message):
     __slots__ = ("runner_seq", "request_id", "timestamp", "started", "event", "complete", "error", "state")
     RUNNER_SEQ_FIELD_NUMBER: _ClassVar[int]

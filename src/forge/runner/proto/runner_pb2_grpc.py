@@ -37,7 +37,7 @@ class RunnerStub:
         self.Connect = channel.stream_stream(
                 '/forge.runner.v1.Runner/Connect',
                 request_serializer=forge_dot_runner_dot_v1_dot_runner__pb2.PlatformMessage.SerializeToString,
-                response_deserializer=forge_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.FromString,
+                response_deserializer=forge_dot_runner_dot_v1_dot_runner__pb2.RunnerBatch.FromString,
                 _registered_method=True)
 
 
@@ -57,7 +57,7 @@ def add_RunnerServicer_to_server(servicer, server):
             'Connect': grpc.stream_stream_rpc_method_handler(
                     servicer.Connect,
                     request_deserializer=forge_dot_runner_dot_v1_dot_runner__pb2.PlatformMessage.FromString,
-                    response_serializer=forge_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.SerializeToString,
+                    response_serializer=forge_dot_runner_dot_v1_dot_runner__pb2.RunnerBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -86,7 +86,7 @@ class Runner:
             target,
             '/forge.runner.v1.Runner/Connect',
             forge_dot_runner_dot_v1_dot_runner__pb2.PlatformMessage.SerializeToString,
-            forge_dot_runner_dot_v1_dot_runner__pb2.RunnerMessage.FromString,
+            forge_dot_runner_dot_v1_dot_runner__pb2.RunnerBatch.FromString,
             options,
             channel_credentials,
             insecure,
