@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -126,6 +127,18 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(
     _error(http.get("/api/v1/agents/bad id!"), 422, "invalid_request")
     _error(http.post(messages, json={"content": "x" * (3 * 1024 * 1024)}), 413, "body_too_large")
     _error(http.post("/api/v1/agents", json={"owner_id": "has space"}), 422, "invalid_request")
+
+    def chunked_body() -> Iterator[bytes]:  # no content-length: the limit applies while reading
+        yield b'{"content": "'
+        for _ in range(3 * 1024):
+            yield b"x" * 1024
+        yield b'"}'
+
+    _error(
+        http.post(messages, content=chunked_body(), headers={"content-type": "application/json"}),
+        413,
+        "body_too_large",
+    )
 
     # Nothing was created by any of this, and the server still serves.
     assert http.get("/api/v1/agents").json()["total"] == 1

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -24,6 +24,14 @@ _AGENTS = cast(Table, AgentRow.__table__)
 _RUNS = cast(Table, RunRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
 _DELIVERIES = cast(Table, DeliveryRow.__table__)
+
+
+class StoredEvent(NamedTuple):
+    """One row of the log: its `seq`, its `event_type` and the envelope's JSON text."""
+
+    seq: int
+    event_type: str
+    body: str
 
 
 class EventBus:
@@ -172,15 +180,24 @@ class EventLog:
         self, agent_id: str, *, after: int = 0, limit: int = 100
     ) -> list[dict[str, Any]]:
         """Envelopes with `seq` > `after`, oldest first, at most `limit`."""
+        return [
+            json.loads(event.body)
+            for event in await self.read_stored(agent_id, after=after, limit=limit)
+        ]
+
+    async def read_stored(
+        self, agent_id: str, *, after: int = 0, limit: int = 100
+    ) -> list[StoredEvent]:
+        """Like `read`, but each envelope as the JSON text it was stored (and sent) as."""
         async with self.db.read() as session:
             conn = await session.connection()
             rows = await conn.execute(
-                select(_EVENTS.c.body)
+                select(_EVENTS.c.seq, _EVENTS.c.event_type, _EVENTS.c.body)
                 .where(_EVENTS.c.agent_id == agent_id, _EVENTS.c.seq > after)
                 .order_by(_EVENTS.c.seq)
                 .limit(limit)
             )
-            return [json.loads(body) for (body,) in rows]
+            return [StoredEvent(seq, event_type, body) for seq, event_type, body in rows]
 
 
 async def _agent_and_runs(
@@ -251,9 +268,3 @@ def _apply_to_run(run: _RunState, draft: EventDraft, now: datetime) -> None:
         changes["status"] = "error"
         changes["error"] = draft.error.model_dump() if draft.error else None
         changes["finished_at"] = now
-
-
-async def reset_runner_ack(db: Database, agent_id: str) -> None:
-    """A new runner numbers its messages from 1 again."""
-    async with db.write() as session:
-        await session.execute(update(AgentRow).where(AgentRow.id == agent_id).values(runner_ack=0))

@@ -175,8 +175,9 @@ class RunnerLink:
             try:
                 await asyncio.wait_for(asyncio.shield(self._task), timeout)
             except TimeoutError:
-                log.warning("runner of %s did not shut down within %ss; forcing", self.agent_id,
-                            timeout)
+                log.warning(
+                    "runner of %s did not shut down within %ss; forcing", self.agent_id, timeout
+                )
                 # Executors run in their own process groups: have the runner kill them first.
                 await self.send(pb.PlatformMessage(shutdown=pb.Shutdown(graceful=False)))
                 with contextlib.suppress(TimeoutError):
@@ -281,7 +282,10 @@ class RunnerLink:
         highest = 0
         for message in batch:
             if message.WhichOneof("kind") == "state":
-                self.state = message.state
+                # A copy: the submessage would keep its whole batch alive.
+                state = pb.State()
+                state.CopyFrom(message.state)
+                self.state = state
                 continue
             draft = draft_from_runner(message)
             if draft is not None:
