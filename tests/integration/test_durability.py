@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from typing import Any
 
 import pytest
@@ -111,3 +113,44 @@ def test_pending_webhooks_survive_a_restart(forge_server: Any, receiver: Webhook
     # Only the head of the stream was tried while the endpoint failed; order held throughout.
     assert delivered == sorted(delivered)
     assert set(delivered) == set(range(1, len(events) + 1))
+
+
+TICKER = """
+[profiles.ticker]
+executor = "command"
+command = "for i in $(seq 1 30); do echo tick $i; sleep 0.1; done"
+"""
+
+
+def test_platform_crash_mid_run_loses_nothing(forge_server: Any, receiver: WebhookReceiver) -> None:
+    server: ForgeServer = forge_server(TICKER)
+    agent_id = server.create_agent(profile="ticker")["id"]
+    reply = server.http.post(
+        f"/api/v1/agents/{agent_id}/messages",
+        json={"content": "go", "webhook_url": receiver.url, "webhook_secret": "s"},
+    )
+    request_id = reply.json()["request_id"]
+    deadline = time.monotonic() + 20
+    while len(server.history(agent_id)) < 5:
+        assert time.monotonic() < deadline, "the run did not start"
+        time.sleep(0.05)
+
+    server.stop(signal.SIGKILL)
+    time.sleep(1.0)  # the runner keeps working, and keeps its events, while nobody listens
+    server.start()
+
+    events = server.wait_final(agent_id, request_id)
+    assert [e["seq"] for e in events] == list(range(1, len(events) + 1))
+    ticks = [e["entry"]["text"] for e in events if e["event_type"] == "agent.event"]
+    assert ticks == [f"tick {i}" for i in range(1, 31)]
+    assert events[-1]["outcome"] == "succeeded"
+    assert [e["is_final"] for e in events].count(True) == 1
+    # Every event reaches the webhook, in order; one sent just before the crash may come twice
+    # (at-least-once, with the same webhook-id).
+    receiver.wait_for(lambda reqs: {r.json["seq"] for r in reqs} == {e["seq"] for e in events})
+    first_seen: list[int] = []
+    for request in receiver.requests:
+        seq = request.json["seq"]
+        if seq not in first_seen:
+            first_seen.append(seq)
+    assert first_seen == [e["seq"] for e in events]

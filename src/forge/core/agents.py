@@ -304,6 +304,9 @@ class AgentService:
             if body.webhook_url:
                 target.interrupt_webhook_url = body.webhook_url
             request_id, was_running = target.request_id, target.status == "running"
+            if not was_running:
+                # Out of the queue in this transaction, so the scheduler cannot start it.
+                target.status = "interrupted"
         if was_running:
             link = self._links.get(agent_id)
             grace = self.settings.sessions.interrupt_grace_seconds

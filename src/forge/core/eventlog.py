@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,6 +25,9 @@ _AGENTS = cast(Table, AgentRow.__table__)
 _RUNS = cast(Table, RunRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
 _DELIVERIES = cast(Table, DeliveryRow.__table__)
+
+
+log = logging.getLogger(__name__)
 
 
 class StoredEvent(NamedTuple):
@@ -76,6 +80,8 @@ class _RunState:
     id: int
     started_at: datetime | None
     endpoints: list[_Endpoint]
+    # The run has its final event already; nothing more may follow it.
+    finished: bool = False
     changes: dict[str, Any] = field(default_factory=dict)
 
 
@@ -113,6 +119,17 @@ class EventLog:
             now, attempt_at = utcnow(), time.time()
             session_id: str | None = None
             for draft in fresh:
+                run = runs.get(draft.request_id) if draft.request_id else None
+                if run is not None and run.finished:
+                    # E.g. a runner thought lost that comes back: the run already ended, and
+                    # its final event must stay its last.
+                    log.warning(
+                        "dropping %s for finished run %s of %s",
+                        draft.event_type,
+                        draft.request_id,
+                        agent_id,
+                    )
+                    continue
                 seq += 1
                 envelope = draft.seal(agent_id=agent_id, seq=seq, event_id=ids.event_id())
                 events.append(
@@ -127,7 +144,6 @@ class EventLog:
                         "created_at": now,
                     }
                 )
-                run = runs.get(draft.request_id) if draft.request_id else None
                 if run is not None:
                     for endpoint in run.endpoints:
                         deliveries.append(
@@ -215,6 +231,7 @@ async def _agent_and_runs(
                 _RUNS.c.id,
                 _RUNS.c.request_id,
                 _RUNS.c.started_at,
+                _RUNS.c.finished_at,
                 _RUNS.c.webhook_url,
                 _RUNS.c.webhook_secret,
                 _RUNS.c.interrupt_webhook_url,
@@ -235,6 +252,7 @@ async def _agent_and_runs(
         row.request_id: _RunState(
             id=row.id,
             started_at=row.started_at,
+            finished=row.finished_at is not None,
             endpoints=_endpoints(row.webhook_url, row.webhook_secret, row.interrupt_webhook_url),
         )
         for row in rows
@@ -260,11 +278,13 @@ def _apply_to_run(run: _RunState, draft: EventDraft, now: datetime) -> None:
     if draft.event_type == "agent.status" and draft.status == "running" and run.started_at is None:
         run.started_at = changes["started_at"] = now
     elif draft.event_type == "agent.complete":
+        run.finished = True
         changes["status"] = draft.outcome or "failed"
         changes["outcome"] = draft.outcome
         changes["usage"] = draft.usage.model_dump() if draft.usage else None
         changes["finished_at"] = now
     elif draft.event_type == "agent.error":
+        run.finished = True
         changes["status"] = "error"
         changes["error"] = draft.error.model_dump() if draft.error else None
         changes["finished_at"] = now

@@ -232,3 +232,25 @@ async def test_a_large_batch_is_stored_in_order_with_its_deliveries(db: Database
         (e.seq, e.event_id, "agent.event", False) for e in sealed
     ]
     assert [(d.seq, d.event_id) for d in deliveries] == [(e.seq, e.event_id) for e in sealed]
+
+
+async def test_nothing_follows_a_final_event(db: Database) -> None:
+    await _agent_with_run(db)
+    log = EventLog(db, EventBus())
+    lost = EventDraft(
+        event_type="agent.error",
+        request_id="r1",
+        error=ErrorInfo(code="RUNNER_LOST", message="the runner exited"),
+    )
+    assert [e.seq for e in await log.append("ag_1", [lost])] == [1]
+    # The runner turns out to be alive after all and replays the end of the run.
+    late = [
+        _event(1),
+        EventDraft(event_type="agent.complete", request_id="r1", outcome="succeeded", runner_seq=2),
+    ]
+    assert await log.append("ag_1", late, runner_ack=2) == []
+    events = await log.read("ag_1")
+    assert [e["event_type"] for e in events] == ["agent.error"]
+    async with db.read() as s:
+        agent = await s.get(AgentRow, "ag_1")
+    assert agent is not None and (agent.last_seq, agent.runner_ack) == (1, 2)
