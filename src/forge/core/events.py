@@ -147,7 +147,6 @@ class EventDraft(BaseModel):
 
 def utc_timestamp(moment: datetime | None = None) -> str:
     """RFC 3339 UTC with milliseconds and a `Z`, as in every envelope."""
-    moment = moment or datetime.now(UTC)
-    return (
-        moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{moment.microsecond // 1000:03d}Z"
-    )
+    moment = (moment or datetime.now(UTC)).astimezone(UTC)
+    # isoformat is several times cheaper than strftime; "+00:00" becomes "Z".
+    return moment.isoformat(timespec="milliseconds")[:-6] + "Z"

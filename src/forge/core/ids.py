@@ -1,27 +1,28 @@
-"""Identifiers: a prefix and 26 characters that sort by creation time (ULID layout)."""
+"""Identifiers: a prefix and 26 characters that sort by creation time.
+
+The 128 bits are 48 bits of milliseconds then 80 random bits, written in base32 with Crockford's
+alphabet in lower case (whose order matches the values'), so later ids sort after earlier ones.
+"""
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 import time
 
-_ALPHABET = "0123456789abcdefghjkmnpqrstvwxyz"  # Crockford base32, lower case
-
-
-def _encode(value: int, length: int) -> str:
-    chars = []
-    for _ in range(length):
-        value, rem = divmod(value, 32)
-        chars.append(_ALPHABET[rem])
-    return "".join(reversed(chars))
+# RFC 4648 base32 letters for the values 0..31, and Crockford's for the same values.
+_RFC4648 = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
+_CROCKFORD = b"0123456789abcdefghjkmnpqrstvwxyz"
+_TO_CROCKFORD = bytes.maketrans(_RFC4648, _CROCKFORD)
 
 
 def new_id(prefix: str) -> str:
-    """`<prefix>_` + 10 chars of milliseconds + 16 random chars; later ids sort after earlier."""
+    """`<prefix>_` + 26 characters; ids made later sort after ids made earlier."""
     millis = int(time.time() * 1000) & ((1 << 48) - 1)
-    rand = int.from_bytes(os.urandom(10), "big")
-    return f"{prefix}_{_encode(millis, 10)}{_encode(rand, 16)}"
+    raw = millis.to_bytes(6, "big") + os.urandom(10)
+    # 16 bytes are 26 base32 characters and 6 padding characters.
+    return f"{prefix}_{base64.b32encode(raw)[:26].translate(_TO_CROCKFORD).decode()}"
 
 
 AGENT_ID = re.compile(r"^ag_[0-9a-z]{26}$")
