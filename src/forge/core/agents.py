@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import ColumnElement, func, select
+from sqlalchemy.exc import IntegrityError
 
 from forge.config import Settings
 from forge.core import ids
@@ -38,7 +39,7 @@ from forge.core.schemas import (
 from forge.delivery.signing import validate_webhook_secret
 from forge.delivery.url_guard import check_webhook_url
 from forge.runner.proto import runner_pb2 as pb
-from forge.sandbox.base import Runtime, Sandbox, SandboxSpec
+from forge.sandbox.base import Runtime, Sandbox, SandboxSpec, allowed_environment
 from forge.store.db import Database
 from forge.store.tables import AgentRow, RunRow, utcnow
 from forge.workspace.worktrees import RepoSource, WorktreeManager
@@ -46,20 +47,6 @@ from forge.workspace.worktrees import RepoSource, WorktreeManager
 log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("provisioning", "ready", "running")
-# Variables of the platform's environment a runner may see; everything else stays out.
-RUNNER_ENV_ALLOWLIST = (
-    "PATH",
-    "HOME",
-    "LANG",
-    "LC_ALL",
-    "LC_CTYPE",
-    "TZ",
-    "USER",
-    "LOGNAME",
-    "SHELL",
-    "TMPDIR",
-    "TERM",
-)
 
 
 class AgentService:
@@ -198,21 +185,16 @@ class AgentService:
                 await asyncio.wait_for(
                     asyncio.shield(provisioning), self.settings.sandbox.start_timeout_seconds + 5
                 )
-        await self._end_queued_runs(agent_id, "the agent was deleted")
+        await self._end_runs(agent_id, "queued", "the agent was deleted", code=None)
         link = self._links.pop(agent_id, None)
         grace = self.settings.sessions.interrupt_grace_seconds
         if link is not None:
             await link.shutdown(graceful=graceful, timeout=grace * 3 + 10 if graceful else 5)
-        sandbox = await self._sandbox_of(agent_id)
-        if sandbox is not None:
-            await self.runtime.destroy(sandbox)
-        await self._end_running_runs(
-            agent_id, "agent.complete", "the agent was deleted before the run finished"
+        await self._discard_sandbox(agent_id)
+        # A run whose final event the runner could not deliver still gets one.
+        await self._end_runs(
+            agent_id, "running", "the agent was deleted before the run finished", code=None
         )
-        async with self.db.write() as session:
-            agent = await session.get(AgentRow, agent_id)
-            if agent is not None:
-                agent.sandbox = None
         if purge:
             await self.worktrees.remove(agent_id, row.repo, delete_branch=True)
 
@@ -221,20 +203,45 @@ class AgentService:
     async def send_message(
         self, agent_id: str, owner_id: str | None, body: MessageCreate
     ) -> MessageAccepted:
-        agent = await self._agent_row(agent_id, owner_id)
-        if agent.status == "failed":
-            raise Conflict(
-                f"agent {agent_id} could not be provisioned ({agent.error_message}); "
-                "create a new agent",
-                code="agent_failed",
-            )
+        await self._agent_row(agent_id, owner_id)
         if body.webhook_url is not None:
             await check_webhook_url(body.webhook_url, self.settings.webhooks)
         if body.webhook_secret is not None:
             validate_webhook_secret(body.webhook_secret)
         request_id = body.request_id or ids.request_id()
         body_hash = _hash_body(body)
+        try:
+            status, needs_runner = await self._store_run(agent_id, request_id, body, body_hash)
+        except IntegrityError:
+            # The same request_id raced in from another request: answer as for a retry.
+            status, needs_runner = await self._store_run(agent_id, request_id, body, body_hash)
+        if needs_runner:
+            self._start_provisioning(agent_id)
+        elif status == "queued":
+            await self.scheduler.run_pass()
+            async with self.db.read() as session:
+                current = await session.scalar(
+                    select(RunRow.status).where(
+                        RunRow.agent_id == agent_id, RunRow.request_id == request_id
+                    )
+                )
+            status = current or status
+        return MessageAccepted(
+            request_id=request_id,
+            agent_id=agent_id,
+            status="queued" if status == "queued" else "processing",
+        )
+
+    async def _store_run(
+        self, agent_id: str, request_id: str, body: MessageCreate, body_hash: str
+    ) -> tuple[str, bool]:
+        """Queue the run unless `request_id` is known; return its status and whether the agent
+        needs a new runner. The agent is re-read in the same transaction, so a delete, a failed
+        provisioning or a lost runner cannot slip in between and strand the run."""
         async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            if agent is None or agent.deleted_at is not None:
+                raise NotFound(f"agent {agent_id} not found", code="agent_not_found")
             existing = await session.scalar(
                 select(RunRow).where(RunRow.agent_id == agent_id, RunRow.request_id == request_id)
             )
@@ -245,10 +252,12 @@ class AgentService:
                         "use a new request_id",
                         code="request_id_conflict",
                     )
-                return MessageAccepted(
-                    request_id=request_id,
-                    agent_id=agent_id,
-                    status="queued" if existing.status == "queued" else "processing",
+                return existing.status, False
+            if agent.status == "failed":
+                raise Conflict(
+                    f"agent {agent_id} could not be provisioned ({agent.error_message}); "
+                    "create a new agent",
+                    code="agent_failed",
                 )
             session.add(
                 RunRow(
@@ -264,21 +273,7 @@ class AgentService:
                     interrupt_requested=False,
                 )
             )
-        if agent.status == "stopped":
-            self._start_provisioning(agent_id)
-        else:
-            await self.scheduler.run_pass()
-        async with self.db.read() as session:
-            status = await session.scalar(
-                select(RunRow.status).where(
-                    RunRow.agent_id == agent_id, RunRow.request_id == request_id
-                )
-            )
-        return MessageAccepted(
-            request_id=request_id,
-            agent_id=agent_id,
-            status="queued" if status == "queued" else "processing",
-        )
+            return "queued", agent.status == "stopped"
 
     async def interrupt(
         self, agent_id: str, owner_id: str | None, body: InterruptRequest
@@ -286,48 +281,41 @@ class AgentService:
         await self._agent_row(agent_id, owner_id)
         if body.webhook_url is not None:
             await check_webhook_url(body.webhook_url, self.settings.webhooks)
-        async with self.db.write() as session:
-            query = select(RunRow).where(
-                RunRow.agent_id == agent_id, RunRow.status.in_(("running", "queued"))
-            )
-            if body.request_id is not None:
-                query = query.where(RunRow.request_id == body.request_id)
-            runs = list(await session.scalars(query.order_by(RunRow.id)))
-            target = next((r for r in runs if r.status == "running"), runs[0] if runs else None)
-            if target is None:
-                what = f"run {body.request_id!r}" if body.request_id else "run"
-                raise Conflict(
-                    f"agent {agent_id} has no queued or running {what} to interrupt",
-                    code="nothing_to_interrupt",
+        # Holding the scheduler's dispatch lock: a run it just claimed has had its Run sent
+        # before our Interrupt (same stream, in order), and a queued run cannot be claimed
+        # while we end it.
+        async with self.scheduler.dispatch_lock:
+            async with self.db.write() as session:
+                query = select(RunRow).where(
+                    RunRow.agent_id == agent_id, RunRow.status.in_(("running", "queued"))
                 )
-            target.interrupt_requested = True
-            if body.webhook_url:
-                target.interrupt_webhook_url = body.webhook_url
-            request_id, was_running = target.request_id, target.status == "running"
-            if not was_running:
-                # Out of the queue in this transaction, so the scheduler cannot start it.
-                target.status = "interrupted"
-        if was_running:
-            link = self._links.get(agent_id)
-            grace = self.settings.sessions.interrupt_grace_seconds
-            if link is not None:
-                await link.send(
-                    pb.PlatformMessage(
-                        interrupt=pb.Interrupt(request_id=request_id, grace_seconds=grace)
+                if body.request_id is not None:
+                    query = query.where(RunRow.request_id == body.request_id)
+                runs = list(await session.scalars(query.order_by(RunRow.id)))
+                target = next((r for r in runs if r.status == "running"), runs[0] if runs else None)
+                if target is None:
+                    what = f"run {body.request_id!r}" if body.request_id else "run"
+                    raise Conflict(
+                        f"agent {agent_id} has no queued or running {what} to interrupt",
+                        code="nothing_to_interrupt",
                     )
+                target.interrupt_requested = True
+                if body.webhook_url:
+                    target.interrupt_webhook_url = body.webhook_url
+                request_id, was_running = target.request_id, target.status == "running"
+            if was_running:
+                link = self._links.get(agent_id)
+                grace = self.settings.sessions.interrupt_grace_seconds
+                message = pb.Interrupt(request_id=request_id, grace_seconds=grace)
+                # If the runner is not connected, the interrupt is resent when it is.
+                if link is not None:
+                    await link.send(pb.PlatformMessage(interrupt=message))
+            else:
+                # One transaction: the final event and the run's end.
+                await self.eventlog.append(
+                    agent_id,
+                    _final_drafts([request_id], "interrupted before it started", code=None),
                 )
-        else:
-            await self.eventlog.append(
-                agent_id,
-                [
-                    EventDraft(
-                        event_type="agent.complete",
-                        request_id=request_id,
-                        outcome="interrupted",
-                        message="interrupted before it started",
-                    )
-                ],
-            )
         return InterruptAccepted(agent_id=agent_id, request_id=request_id)
 
     async def events(
@@ -394,21 +382,32 @@ class AgentService:
                 agent.workspace_path = str(workspace.path)
                 agent.branch = workspace.branch
             sandbox = await self.runtime.provision(
-                SandboxSpec(agent_id=agent_id, workspace=workspace.path, env=_runner_env())
+                SandboxSpec(
+                    agent_id=agent_id,
+                    workspace=workspace.path,
+                    env=allowed_environment(os.environ),
+                )
             )
             async with self.db.write() as session:
                 agent = await session.get(AgentRow, agent_id)
                 assert agent is not None
                 agent.sandbox = sandbox.to_json()
                 agent.runner_ack = 0
-            link = self._attach(agent_id, sandbox)
-            await link.wait_connected(self.settings.sandbox.start_timeout_seconds)
-            async with self.db.write() as session:
-                agent = await session.get(AgentRow, agent_id)
-                if agent is None or agent.deleted_at is not None:
-                    return
-                agent.status = "ready"
-                agent.error_message = None
+                deleted = agent.deleted_at is not None
+            if not deleted:
+                link = self._attach(agent_id, sandbox)
+                await link.wait_connected(self.settings.sandbox.start_timeout_seconds)
+                async with self.db.write() as session:
+                    agent = await session.get(AgentRow, agent_id)
+                    assert agent is not None
+                    deleted = agent.deleted_at is not None
+                    if not deleted:
+                        agent.status = "ready"
+                        agent.error_message = None
+            if deleted:
+                # Deleted while we were starting it: nobody else will stop this runner.
+                await self._discard_sandbox(agent_id)
+                return
             self.scheduler.kick()
         except asyncio.CancelledError:
             raise
@@ -417,22 +416,32 @@ class AgentService:
             await self._provisioning_failed(agent_id, str(exc) or type(exc).__name__)
 
     async def _provisioning_failed(self, agent_id: str, reason: str) -> None:
-        link = self._links.pop(agent_id, None)
-        if link is not None:
-            await link.close()
-        sandbox = await self._sandbox_of(agent_id)
-        if sandbox is not None:
-            await self.runtime.destroy(sandbox)
+        await self._discard_sandbox(agent_id)
         async with self.db.write() as session:
             agent = await session.get(AgentRow, agent_id)
             if agent is None:
                 return
             agent.status = "failed"
             agent.error_message = reason
-            agent.sandbox = None
-        await self._end_queued_runs(
-            agent_id, f"provisioning failed: {reason}", error_code="PROVISIONING_FAILED"
+        await self._end_runs(
+            agent_id,
+            "queued",
+            f"provisioning failed: {reason}",
+            code="PROVISIONING_FAILED",
         )
+
+    async def _discard_sandbox(self, agent_id: str) -> None:
+        """Stop supervising the agent's runner and make sure its sandbox is gone."""
+        link = self._links.pop(agent_id, None)
+        if link is not None:
+            await link.close()
+        sandbox = await self._sandbox_of(agent_id)
+        if sandbox is not None:
+            await self.runtime.destroy(sandbox)
+            async with self.db.write() as session:
+                agent = await session.get(AgentRow, agent_id)
+                if agent is not None:
+                    agent.sandbox = None
 
     def _attach(self, agent_id: str, sandbox: Sandbox) -> RunnerLink:
         link = RunnerLink(
@@ -442,7 +451,7 @@ class AgentService:
             db=self.db,
             eventlog=self.eventlog,
             on_final=self._run_finished,
-            on_lost=self._runner_lost_from_link,
+            on_lost=self._runner_lost,
             runs_to_resend=self._runs_to_resend,
             connect_timeout=self.settings.sandbox.start_timeout_seconds,
         )
@@ -526,24 +535,19 @@ class AgentService:
                     agent.status = "ready"
         self.scheduler.kick()
 
-    async def _runner_lost_from_link(self, agent_id: str) -> None:
-        self._links.pop(agent_id, None)
-        # Whatever is left of the sandbox cannot be driven any more.
-        sandbox = await self._sandbox_of(agent_id)
-        if sandbox is not None:
-            await self.runtime.destroy(sandbox)
-        await self._runner_lost(agent_id)
-
     async def _runner_lost(self, agent_id: str) -> None:
-        """The runner is gone: its run ends with RUNNER_LOST; the workspace is kept and the next
-        message (or a queued one) starts a new runner."""
-        await self._end_running_runs(agent_id, "agent.error", "the runner exited unexpectedly")
+        """The runner is gone (or cannot be reached): its run ends with RUNNER_LOST, whatever is
+        left of the sandbox is removed, the workspace is kept, and the next message (or one
+        already queued) starts a new runner."""
+        await self._discard_sandbox(agent_id)
+        await self._end_runs(
+            agent_id, "running", "the runner exited unexpectedly", code="RUNNER_LOST"
+        )
         async with self.db.write() as session:
             agent = await session.get(AgentRow, agent_id)
             if agent is None or agent.deleted_at is not None:
                 return
             agent.status = "stopped"
-            agent.sandbox = None
             queued = await session.scalar(
                 select(func.count())
                 .select_from(RunRow)
@@ -552,70 +556,19 @@ class AgentService:
         if queued:
             self._start_provisioning(agent_id)
 
-    async def _end_running_runs(self, agent_id: str, event_type: str, reason: str) -> None:
-        async with self.db.read() as session:
-            request_ids = list(
-                await session.scalars(
-                    select(RunRow.request_id).where(
-                        RunRow.agent_id == agent_id, RunRow.status == "running"
-                    )
-                )
-            )
-        if not request_ids:
-            return
-        drafts = []
-        for request_id in request_ids:
-            if event_type == "agent.error":
-                drafts.append(
-                    EventDraft(
-                        event_type="agent.error",
-                        request_id=request_id,
-                        message=reason,
-                        error=ErrorInfo(code="RUNNER_LOST", message=reason, recoverable=True),
-                    )
-                )
-            else:
-                drafts.append(
-                    EventDraft(
-                        event_type="agent.complete",
-                        request_id=request_id,
-                        outcome="interrupted",
-                        message=reason,
-                    )
-                )
-        await self.eventlog.append(agent_id, drafts)
-
-    async def _end_queued_runs(
-        self, agent_id: str, reason: str, *, error_code: str | None = None
-    ) -> None:
+    async def _end_runs(self, agent_id: str, status: str, reason: str, *, code: str | None) -> None:
+        """Give every run of the agent in `status` its final event: `agent.error` with `code`,
+        or `agent.complete` interrupted when `code` is None."""
         async with self.db.read() as session:
             request_ids = list(
                 await session.scalars(
                     select(RunRow.request_id)
-                    .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
+                    .where(RunRow.agent_id == agent_id, RunRow.status == status)
                     .order_by(RunRow.id)
                 )
             )
-        if not request_ids:
-            return
-        if error_code:
-            drafts = [
-                EventDraft(
-                    event_type="agent.error",
-                    request_id=r,
-                    message=reason,
-                    error=ErrorInfo(code=error_code, message=reason),
-                )
-                for r in request_ids
-            ]
-        else:
-            drafts = [
-                EventDraft(
-                    event_type="agent.complete", request_id=r, outcome="interrupted", message=reason
-                )
-                for r in request_ids
-            ]
-        await self.eventlog.append(agent_id, drafts)
+        if request_ids:
+            await self.eventlog.append(agent_id, _final_drafts(request_ids, reason, code=code))
 
     # ---- lookups ---------------------------------------------------------------------------------
 
@@ -685,5 +638,17 @@ def _hash_body(body: MessageCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _runner_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if k in RUNNER_ENV_ALLOWLIST or k.startswith("LC_")}
+def _final_drafts(request_ids: list[str], reason: str, *, code: str | None) -> list[EventDraft]:
+    """Final events made by the platform: `agent.error` with `code`, else interrupted."""
+    if code is None:
+        return [
+            EventDraft(
+                event_type="agent.complete", request_id=r, outcome="interrupted", message=reason
+            )
+            for r in request_ids
+        ]
+    error = ErrorInfo(code=code, message=reason, recoverable=code == "RUNNER_LOST")
+    return [
+        EventDraft(event_type="agent.error", request_id=r, message=reason, error=error)
+        for r in request_ids
+    ]

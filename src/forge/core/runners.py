@@ -187,7 +187,12 @@ class RunnerLink:
     async def close(self) -> None:
         """Stop supervising without touching the runner (it keeps running)."""
         self._stopping = True
-        if self._task is not None and not self._task.done():
+        # Called from the link's own task (its on_lost hook), it must not cancel itself.
+        if (
+            self._task is not None
+            and not self._task.done()
+            and self._task is not asyncio.current_task()
+        ):
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._task

@@ -29,8 +29,15 @@ class Scheduler:
         self._max_concurrent = max_concurrent
         self._dispatch = dispatch
         self._wake = asyncio.Event()
+        # Held while runs are claimed and their Run messages sent; see `dispatch_lock`.
         self._pass_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+
+    @property
+    def dispatch_lock(self) -> asyncio.Lock:
+        """Held for a whole pass, from claiming runs to sending them: whoever holds it sees no
+        run claimed but not yet sent, and no queued run claimed."""
+        return self._pass_lock
 
     def kick(self) -> None:
         self._wake.set()

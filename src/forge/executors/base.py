@@ -16,12 +16,7 @@ from typing import Any, ClassVar, Self
 
 from forge.core.events import Outcome, Usage
 from forge.runner.proto import runner_pb2
-
-# Variables of the runner's own environment an executor may see; nothing else leaks through.
-ENV_ALLOWLIST = frozenset(
-    {"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR"}
-)
-ENV_ALLOWLIST_PREFIXES = ("LC_",)
+from forge.sandbox.base import allowed_environment
 
 
 class ExecutorError(Exception):
@@ -124,12 +119,7 @@ def executor_environment(
     ctx: RunContext, parent: Mapping[str, str] | None = None
 ) -> dict[str, str]:
     """The environment an executor's process gets: allowlisted runner variables + run env."""
-    source = os.environ if parent is None else parent
-    env = {
-        name: value
-        for name, value in source.items()
-        if name in ENV_ALLOWLIST or name.startswith(ENV_ALLOWLIST_PREFIXES)
-    }
+    env = allowed_environment(os.environ if parent is None else parent)
     env.setdefault("PATH", os.defpath)
     env.update(ctx.env)
     env["FORGE_AGENT_ID"] = ctx.agent_id

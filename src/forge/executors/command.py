@@ -91,14 +91,16 @@ class CommandExecutor(Executor):
                 stderr=asyncio.subprocess.PIPE,
                 cwd=ctx.workspace,
                 env=executor_environment(ctx),
-                start_new_session=True,
+                # Its own process group (to signal it and its children as one), but the runner's
+                # session, so whatever ends the sandbox's session ends the executor too.
+                process_group=0,
             )
         except OSError as exc:
             raise ExecutorStartFailed(
                 f"cannot start {self.shell} in {ctx.workspace}: {exc.strerror or exc}"
             ) from exc
 
-        # start_new_session: the shell leads its own session and process group.
+        # process_group=0: the shell leads its own process group.
         pgid = transport.get_pid()
         self._pgid = pgid
         self._exited = protocol.exited

@@ -738,4 +738,6 @@ def _reap_orphans() -> None:
 
 
 def _to_json(value: Any) -> str:
-    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+    # ASCII escapes: a lone surrogate in executor output (a cut emoji) stays valid JSON text
+    # instead of failing to encode into the protobuf string.
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))

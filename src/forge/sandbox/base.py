@@ -2,9 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
+
+# The only variables of a parent's environment that reach a runner or an executor: no platform
+# secrets, no configuration of Forge itself.
+ENV_ALLOWLIST = frozenset(
+    {"PATH", "HOME", "LANG", "LC_ALL", "TERM", "TZ", "USER", "LOGNAME", "SHELL", "TMPDIR"}
+)
+ENV_ALLOWLIST_PREFIXES = ("LC_",)
+
+
+def allowed_environment(source: Mapping[str, str]) -> dict[str, str]:
+    """The allowlisted part of `source`."""
+    return {
+        name: value
+        for name, value in source.items()
+        if name in ENV_ALLOWLIST or name.startswith(ENV_ALLOWLIST_PREFIXES)
+    }
 
 
 @dataclass(frozen=True)
