@@ -46,6 +46,7 @@ def serve(
 ) -> None:
     """Start the Forge server (applies database migrations first)."""
     import uvicorn
+    from sqlalchemy.engine import make_url
 
     from forge.api.app import create_app
 
@@ -64,7 +65,8 @@ def serve(
             "commands through Forge",
             settings.server.host,
         )
-    log.info("data directory: %s; database: %s", settings.data_dir, settings.database_url)
+    database = make_url(settings.database_url).render_as_string(hide_password=True)
+    log.info("data directory: %s; database: %s", settings.data_dir, database)
     uvicorn.run(
         create_app(settings),
         host=settings.server.host,

@@ -66,6 +66,8 @@ class SandboxSettings(BaseModel):
     runtime: Literal["local"] = "local"
     # Seconds to wait for a new runner to accept connections.
     start_timeout_seconds: float = Field(default=20.0, gt=0)
+    # A runner alive but unreachable this long is given up: its run ends with RUNNER_LOST.
+    unreachable_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
 class WebhookSettings(BaseModel):

@@ -56,6 +56,38 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(
     )
     assert "owner_id" in _error(http.post("/api/v1/agents", json={}), 422, "invalid_request")
 
+    # Text that is not valid Unicode (lone surrogates), JSON nested too deep, huge numbers.
+    lone = b'"\\ud800"'
+    for field, body in (
+        ("content", b'{"content": ' + lone + b"}"),
+        ("webhook_secret", b'{"content": "x", "webhook_secret": ' + lone + b"}"),
+    ):
+        assert field in _error(
+            http.post(messages, content=body, headers={"content-type": "application/json"}),
+            422,
+            "invalid_request",
+        )
+    assert "surrogate" in _error(
+        http.post(
+            "/api/v1/agents",
+            content=b'{"owner_id": "a", "metadata": {"k": ' + lone + b"}}",
+            headers={"content-type": "application/json"},
+        ),
+        422,
+        "invalid_request",
+    )
+    deep = b'{"content": ' + b"[" * 100_000 + b"]" * 100_000 + b"}"
+    _error(
+        http.post(messages, content=deep, headers={"content-type": "application/json"}),
+        400,
+        "invalid_json",
+    )
+    _error(
+        http.get(f"/api/v1/agents/{agent_id}/events", params={"after": 10**20}),
+        422,
+        "invalid_request",
+    )
+
     # Unknown agent, and another owner's agent: 404 for every route.
     for path in (f"/api/v1/agents/{UNKNOWN_AGENT}/messages",):
         _error(http.post(path, json={"content": "x"}), 404, "agent_not_found")

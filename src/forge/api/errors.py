@@ -57,6 +57,9 @@ def install_error_handlers(app: FastAPI) -> None:
         codes = {404: "not_found", 405: "method_not_allowed", 413: "body_too_large"}
         code = codes.get(exc.status_code, "http_error")
         message = str(exc.detail) if exc.detail else code
+        if exc.status_code == 400 and message == "There was an error parsing the body":
+            # FastAPI's answer when the JSON parser itself gives up (e.g. nesting too deep).
+            code, message = "invalid_json", "the request body could not be parsed as JSON"
         if exc.status_code == 404 and message == "Not Found":
             message = "no such route; see /docs for the API"
         return error_response(exc.status_code, code, message)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
@@ -23,6 +24,8 @@ from forge.core.schemas import (
     MessageCreate,
 )
 
+# The largest seq a database integer holds.
+MAX_SEQ = 2**63 - 1
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 AgentId = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="Agent id (ag_...).")]
@@ -40,6 +43,7 @@ _errors: dict[int | str, dict[str, object]] = {
 
 router = APIRouter(prefix="/api/v1", responses=_errors)
 health_router = APIRouter()
+log = logging.getLogger(__name__)
 
 
 def platform_of(request: Request) -> Platform:
@@ -119,23 +123,26 @@ async def agent_events(
     request: Request,
     agent_id: AgentId,
     user_id: UserId = None,
-    after: Annotated[int, Query(ge=0, description="Only events with a greater seq.")] = 0,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="Only events with a greater seq.")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
     accept: Annotated[str | None, Header()] = None,
     last_event_id: Annotated[str | None, Header()] = None,
-) -> EventPage | StreamingResponse:
+) -> Response:
     platform = platform_of(request)
     if accept and "text/event-stream" in accept:
         await platform.agents.check_access(agent_id, user_id)
         start = after
         if last_event_id and last_event_id.strip().isdigit():
-            start = max(start, int(last_event_id.strip()))
+            start = max(start, min(int(last_event_id.strip()), MAX_SEQ))
         return StreamingResponse(
             sse_stream(platform.eventlog, platform.bus, agent_id, start),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
-    return await platform.agents.events(agent_id, user_id, after=after, limit=limit)
+    page = await platform.agents.events(agent_id, user_id, after=after, limit=limit)
+    return Response(content=page.to_json(), media_type="application/json")
 
 
 @health_router.get("/health", response_model=Health, tags=["health"])
@@ -146,8 +153,9 @@ async def health(request: Request) -> Health | JSONResponse:
         await platform.db.ping()
         database["status"] = "ok"
         agents = await platform.agents.status_counts()
-    except Exception as exc:
-        database.update(status="error", error=str(exc))
+    except Exception:
+        log.exception("health check: the database did not answer")
+        database.update(status="error", error="the database did not answer; see the server log")
         agents = {}
     status = "ok" if database["status"] == "ok" else "degraded"
     return Health(
@@ -168,6 +176,10 @@ async def healthz() -> dict[str, str]:
 async def readyz(request: Request) -> JSONResponse:
     try:
         await platform_of(request).db.ping()
-    except Exception as exc:
-        return JSONResponse(status_code=503, content={"status": "unavailable", "error": str(exc)})
+    except Exception:
+        log.exception("readiness check: the database did not answer")
+        return JSONResponse(
+            status_code=503,
+            content={"status": "unavailable", "error": "the database did not answer"},
+        )
     return JSONResponse(content={"status": "ready"})

@@ -21,7 +21,7 @@ from sqlalchemy.exc import IntegrityError
 from forge.config import Settings
 from forge.core import ids
 from forge.core.errors import Conflict, InvalidRequest, NotFound
-from forge.core.eventlog import EventLog
+from forge.core.eventlog import EventLog, StoredEventPage
 from forge.core.events import ErrorInfo, EventDraft
 from forge.core.profiles import ProfileCatalog
 from forge.core.runners import RunnerLink
@@ -30,7 +30,6 @@ from forge.core.schemas import (
     Agent,
     AgentCreate,
     AgentList,
-    EventPage,
     InterruptAccepted,
     InterruptRequest,
     MessageAccepted,
@@ -320,16 +319,18 @@ class AgentService:
 
     async def events(
         self, agent_id: str, owner_id: str | None, *, after: int, limit: int
-    ) -> EventPage:
+    ) -> StoredEventPage:
+        """A page of the log, each event as the JSON text it was stored and sent as (no decode
+        and re-encode: faster, and exactly what webhooks carried)."""
         agent = await self._agent_row(agent_id, owner_id, include_deleted=True)
-        events = await self.eventlog.read(agent_id, after=after, limit=limit)
-        next_after = events[-1]["seq"] if events else after
+        events = await self.eventlog.read_stored(agent_id, after=after, limit=limit)
+        next_after = events[-1].seq if events else after
         async with self.db.read() as session:
             last_seq = await session.scalar(
                 select(AgentRow.last_seq).where(AgentRow.id == agent.id)
             )
         last = int(last_seq or 0)
-        return EventPage(
+        return StoredEventPage(
             events=events, next_after=next_after, has_more=next_after < last, last_seq=last
         )
 
@@ -454,6 +455,7 @@ class AgentService:
             on_lost=self._runner_lost,
             runs_to_resend=self._runs_to_resend,
             connect_timeout=self.settings.sandbox.start_timeout_seconds,
+            give_up_after=self.settings.sandbox.unreachable_timeout_seconds,
         )
         self._links[agent_id] = link
         link.start()

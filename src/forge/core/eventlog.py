@@ -38,6 +38,25 @@ class StoredEvent(NamedTuple):
     body: str
 
 
+@dataclass(frozen=True)
+class StoredEventPage:
+    """A page of the log as stored; `EventPage` (schemas) is its JSON form."""
+
+    events: list[StoredEvent]
+    next_after: int
+    has_more: bool
+    last_seq: int
+
+    def to_json(self) -> bytes:
+        """The `EventPage` JSON, with each event's stored text spliced in as it is."""
+        events = ",".join(e.body for e in self.events)
+        more = "true" if self.has_more else "false"
+        return (
+            f'{{"events":[{events}],"next_after":{self.next_after},"has_more":{more},'
+            f'"last_seq":{self.last_seq}}}'
+        ).encode()
+
+
 class EventBus:
     """Tells subscribers that an agent's log grew. Cheap to publish; waiters re-read the log."""
 

@@ -124,6 +124,7 @@ class RunnerLink:
         on_lost: LostHook,
         runs_to_resend: ResendHook,
         connect_timeout: float,
+        give_up_after: float = 60.0,
     ) -> None:
         self.agent_id = agent_id
         self.sandbox = sandbox
@@ -134,6 +135,7 @@ class RunnerLink:
         self._on_lost = on_lost
         self._runs_to_resend = runs_to_resend
         self._connect_timeout = connect_timeout
+        self._give_up_after = give_up_after
         self._client = RunnerClient(sandbox.address, sandbox.token)
         self._stream: RunnerStream | None = None
         self._connected = asyncio.Event()
@@ -203,6 +205,9 @@ class RunnerLink:
 
     async def _supervise(self) -> None:
         backoff = 0.1
+        loop = asyncio.get_running_loop()
+        # Since when the runner has been alive but unreachable (None while connected).
+        unreachable_since: float | None = loop.time()
         while not self._stopping:
             try:
                 await self._client.wait_ready(self._connect_timeout)
@@ -210,6 +215,7 @@ class RunnerLink:
                 self._stream = stream
                 self._connected.set()
                 backoff = 0.1
+                unreachable_since = None
                 for message in await self._runs_to_resend(self.agent_id):
                     await stream.send(message)
                 await self._pump(stream)
@@ -234,6 +240,17 @@ class RunnerLink:
                 return
             if not await self._runtime.is_alive(self.sandbox):
                 log.warning("runner of %s is gone", self.agent_id)
+                await self._on_lost(self.agent_id)
+                return
+            if unreachable_since is None:
+                unreachable_since = loop.time()
+            elif loop.time() - unreachable_since > self._give_up_after:
+                # Alive but out of reach (socket gone, process hung): its runs would wait forever.
+                log.error(
+                    "runner of %s unreachable for %.0fs; giving it up",
+                    self.agent_id,
+                    self._give_up_after,
+                )
                 await self._on_lost(self.agent_id)
                 return
             await asyncio.sleep(backoff)

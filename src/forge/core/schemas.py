@@ -23,6 +23,17 @@ class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid", str_strip_whitespace=False)
 
 
+def _check_encodable(text: str) -> None:
+    """Refuse lone surrogates ("\ud800" in JSON): they cannot be stored or sent on. Pydantic
+    refuses them in `str` fields itself; free-form JSON (metadata) needs this check."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"contains a lone surrogate at position {exc.start}; send valid Unicode text"
+        ) from exc
+
+
 class AgentCreate(_Request):
     """Body of `POST /api/v1/agents`."""
 
@@ -51,7 +62,11 @@ class AgentCreate(_Request):
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is not None and len(json.dumps(value)) > MAX_METADATA_BYTES:
+        if value is None:
+            return value
+        text = json.dumps(value, ensure_ascii=False)
+        _check_encodable(text)
+        if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
             raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
         return value
 

@@ -10,6 +10,7 @@ import os
 import secrets
 import shutil
 import signal
+import stat
 import sys
 from pathlib import Path
 
@@ -19,6 +20,11 @@ log = logging.getLogger(__name__)
 
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 _MAX_SOCKET_PATH = 100
+_SHORT_DIR_PREFIX = "forge-"
+
+
+class UnsafeSocketDirectory(Exception):
+    """Raised when the short socket directory under /tmp is not a private directory of ours."""
 
 
 class LocalRuntime:
@@ -37,9 +43,8 @@ class LocalRuntime:
     async def provision(self, spec: SandboxSpec) -> Sandbox:
         agent_dir = self.state_dir / spec.agent_id
         await asyncio.to_thread(agent_dir.mkdir, parents=True, exist_ok=True, mode=0o700)
-        socket_path = self._socket_path(agent_dir, spec.agent_id)
-        with contextlib.suppress(FileNotFoundError):
-            socket_path.unlink()
+        socket_path = await asyncio.to_thread(self._socket_path, agent_dir, spec.agent_id)
+        await asyncio.to_thread(_unlink_quietly, socket_path)
         token = secrets.token_urlsafe(32)
         token_file = agent_dir / "token"
         await asyncio.to_thread(_write_private, token_file, token)
@@ -88,26 +93,64 @@ class LocalRuntime:
         agent_dir = str(sandbox.handle.get("state_dir", ""))
         if pid > 0 and await asyncio.to_thread(_is_our_runner, pid, agent_dir):
             await _terminate_group(pid)
+        if pid > 0:
+            # Executors have process groups of their own inside the runner's session (whose id
+            # is the runner's pid): a runner that died or was killed may have left them.
+            await asyncio.to_thread(_kill_session, pid)
         if agent_dir:
             await asyncio.to_thread(shutil.rmtree, agent_dir, True)
-        socket_path = sandbox.address.removeprefix("unix:")
         if sandbox.address.startswith("unix:"):
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(socket_path)
+            socket_path = Path(sandbox.address.removeprefix("unix:"))
+            await asyncio.to_thread(_unlink_quietly, socket_path)
+            if socket_path.parent.name.startswith(_SHORT_DIR_PREFIX):
+                with contextlib.suppress(OSError):
+                    await asyncio.to_thread(socket_path.parent.rmdir)  # only once empty
 
     def _socket_path(self, agent_dir: Path, agent_id: str) -> Path:
         preferred = agent_dir / "runner.sock"
         if len(str(preferred)) <= _MAX_SOCKET_PATH:
             return preferred
-        # Deep data directories (tests, containers): fall back to a short private directory.
+        # Deep data directories (tests, containers): a short directory of our own under /tmp.
         digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
-        short = Path("/tmp") / f"forge-{os.getuid()}-{digest}"
-        short.mkdir(mode=0o700, exist_ok=True)
+        short = Path("/tmp") / f"{_SHORT_DIR_PREFIX}{os.getuid()}-{digest}"
+        with contextlib.suppress(FileExistsError):
+            short.mkdir(mode=0o700)
+        _check_private_dir(short)
         return short / f"{agent_id}.sock"
 
     async def _reap(self, proc: asyncio.subprocess.Process, agent_id: str) -> None:
         code = await proc.wait()
         log.info("runner of %s exited with %s", agent_id, code)
+
+
+def _check_private_dir(path: Path) -> None:
+    """Refuse a directory someone else made (they could listen in our place and get the token)."""
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise UnsafeSocketDirectory(
+            f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; remove it "
+            "or set a shorter data directory"
+        )
+
+
+def _unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process whose session id is `sid`."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        # After the command name: state, ppid, pgrp, session, ...
+        if int(fields[3]) == sid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(int(entry.name), signal.SIGKILL)
 
 
 def _write_private(path: Path, content: str) -> None:
