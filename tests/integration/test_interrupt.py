@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ForgeServer
+from tests.integration.conftest import ForgeServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -27,15 +26,6 @@ sleep 300
 """
 
 
-def _wait_for(predicate: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
-
-
 def _group_alive(pgid: int) -> bool:
     try:
         os.killpg(pgid, 0)
@@ -51,7 +41,7 @@ def test_interrupt_ends_run_and_kills_the_process_group(forge_server: Any) -> No
     reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "wait"})
     request_id = reply.json()["request_id"]
     pgid_file = Path(agent["workspace_path"]) / "pgid"
-    _wait_for(
+    wait_for(
         lambda: any(
             (e.get("entry") or {}).get("text") == "started" for e in server.history(agent_id)
         )
@@ -70,8 +60,8 @@ def test_interrupt_ends_run_and_kills_the_process_group(forge_server: Any) -> No
     assert final["event_type"] == "agent.complete"
     assert final["outcome"] == "interrupted" and final["success"] is False
     assert [e["is_final"] for e in events].count(True) == 1
-    _wait_for(lambda: not _group_alive(pgid), timeout=5)
-    _wait_for(lambda: server.http.get(f"/api/v1/agents/{agent_id}").json()["status"] == "ready")
+    wait_for(lambda: not _group_alive(pgid), timeout=5)
+    wait_for(lambda: server.http.get(f"/api/v1/agents/{agent_id}").json()["status"] == "ready")
 
     # Nothing left to interrupt is a clear 409, and the agent still takes messages.
     nothing = server.http.post(f"/api/v1/agents/{agent_id}/interrupt")

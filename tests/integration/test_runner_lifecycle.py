@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ForgeServer
+from tests.integration.conftest import ForgeServer, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -29,15 +28,6 @@ else
 fi
 '''
 """
-
-
-def _wait_for(predicate: Any, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not met in time")
 
 
 def _alive(pgid: int) -> bool:
@@ -67,7 +57,7 @@ def _start_long_run(server: ForgeServer) -> tuple[dict[str, Any], str, int]:
     agent = server.create_agent(profile="moody")
     reply = server.http.post(f"/api/v1/agents/{agent['id']}/messages", json={"content": "wait"})
     assert reply.status_code == 202
-    _wait_for(
+    wait_for(
         lambda: any(
             (e.get("entry") or {}).get("text") == "started" for e in server.history(agent["id"])
         )
@@ -91,8 +81,8 @@ def test_a_dead_runner_ends_its_run_and_the_next_message_starts_a_new_one(
     final = events[-1]
     assert final["event_type"] == "agent.error" and final["error"]["code"] == "RUNNER_LOST"
     assert [e["is_final"] for e in events].count(True) == 1
-    _wait_for(lambda: not _alive(pgid), timeout=10)  # the executor did not outlive its runner
-    _wait_for(lambda: server.http.get(f"/api/v1/agents/{agent_id}").json()["status"] == "stopped")
+    wait_for(lambda: not _alive(pgid), timeout=10)  # the executor did not outlive its runner
+    wait_for(lambda: server.http.get(f"/api/v1/agents/{agent_id}").json()["status"] == "stopped")
 
     # The workspace is kept, and the next message brings a new runner up in it.
     assert (Path(agent["workspace_path"]) / "pgid").exists()

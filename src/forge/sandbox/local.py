@@ -12,7 +12,9 @@ import shutil
 import signal
 import stat
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from forge.sandbox.base import Sandbox, SandboxSpec
 
@@ -138,19 +140,32 @@ def _unlink_quietly(path: Path) -> None:
         path.unlink()
 
 
-def _kill_session(sid: int) -> None:
-    """SIGKILL every process whose session id is `sid`."""
+class _ProcStat(NamedTuple):
+    pid: int
+    state: str
+    pgrp: int
+    session: int
+
+
+def _processes() -> Iterator[_ProcStat]:
+    """Every process from /proc/<pid>/stat (those that vanish while reading are skipped)."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            # After "pid (command)": state, ppid, pgrp, session, ...
             fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
         except OSError:
             continue
-        # After the command name: state, ppid, pgrp, session, ...
-        if int(fields[3]) == sid:
+        yield _ProcStat(int(entry.name), fields[0], int(fields[2]), int(fields[3]))
+
+
+def _kill_session(sid: int) -> None:
+    """SIGKILL every process whose session id is `sid`."""
+    for proc in _processes():
+        if proc.session == sid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
+                os.kill(proc.pid, signal.SIGKILL)
 
 
 def _write_private(path: Path, content: str) -> None:
@@ -191,13 +206,4 @@ def _group_alive(pgid: int) -> bool:
     except PermissionError:
         return True
     # Only zombies left counts as gone.
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            return True
-    return False
+    return any(p.pgrp == pgid and p.state != "Z" for p in _processes())

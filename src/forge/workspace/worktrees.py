@@ -117,7 +117,7 @@ class WorktreeManager:
             await asyncio.to_thread(path.mkdir, exist_ok=True)
             return Workspace(path=path, branch=None, base_commit=None)
         branch = BRANCH_PREFIX + agent_id
-        if path.exists() and await self._is_worktree_on(path, branch):
+        if await asyncio.to_thread(path.exists) and await self._is_worktree_on(path, branch):
             return Workspace(path=path, branch=branch, base_commit=source.base_commit)
         async with self._lock(source.repo):
             try:
@@ -141,7 +141,7 @@ class WorktreeManager:
         if repo:
             repo_path = Path(repo)
             async with self._lock(repo_path):
-                if path.exists():
+                if await asyncio.to_thread(path.exists):
                     try:
                         await git("worktree", "remove", "--force", str(path), cwd=repo_path)
                     except GitError as exc:
