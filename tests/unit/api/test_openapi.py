@@ -1,0 +1,30 @@
+"""The OpenAPI document describes every public route (clients and fuzzers are built from it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from forge.api.app import create_app
+from forge.config import Settings
+
+
+def test_openapi_lists_the_routes_and_their_errors(tmp_path: Path) -> None:
+    document = create_app(Settings(data_dir=tmp_path)).openapi()
+    paths = document["paths"]
+    expected = {
+        "/api/v1/agents": {"get", "post"},
+        "/api/v1/agents/{agent_id}": {"get", "delete"},
+        "/api/v1/agents/{agent_id}/messages": {"post"},
+        "/api/v1/agents/{agent_id}/interrupt": {"post"},
+        "/api/v1/agents/{agent_id}/events": {"get"},
+        "/health": {"get"},
+        "/healthz": {"get"},
+        "/readyz": {"get"},
+    }
+    for path, methods in expected.items():
+        assert methods <= set(paths[path]), path
+    events = paths["/api/v1/agents/{agent_id}/events"]["get"]["responses"]["200"]["content"]
+    assert {"application/json", "text/event-stream"} <= set(events)
+    message = paths["/api/v1/agents/{agent_id}/messages"]["post"]["responses"]
+    assert {"202", "404", "409", "422"} <= set(message)
+    assert message["404"]["content"]["application/json"]["schema"]["$ref"].endswith("/ErrorBody")
