@@ -28,6 +28,7 @@ import platform
 import signal
 import socket
 import statistics
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+
+from forge.sandbox.local import short_socket_dir
 
 RESULTS = Path(__file__).parent / "results" / "events_e2e.json"
 FORGE_SERVE = [sys.executable, "-m", "forge", "serve"]
@@ -165,6 +168,7 @@ command = "{python} {root}/paced.py {rate} {seconds}"
         for pid in pids_mentioning(str(self.data_dir)):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
+        shutil.rmtree(short_socket_dir(self.data_dir / "runners"), ignore_errors=True)
 
 
 def pids_mentioning(text: str) -> list[int]:

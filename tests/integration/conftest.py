@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -19,6 +20,8 @@ from typing import Any
 
 import httpx
 import pytest
+
+from forge.sandbox.local import short_socket_dir
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
@@ -104,8 +107,9 @@ interrupt_grace_seconds = 1.0
         self.proc = None
 
     def kill_runners(self) -> None:
-        """Runners outlive the server by design; tests end them explicitly."""
+        """Runners outlive the server by design; tests end them (and their sockets) explicitly."""
         subprocess.run(["pkill", "-KILL", "-f", str(self.data_dir)], check=False)
+        shutil.rmtree(short_socket_dir(self.data_dir / "runners"), ignore_errors=True)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -113,8 +113,7 @@ class LocalRuntime:
         if len(str(preferred)) <= _MAX_SOCKET_PATH:
             return preferred
         # Deep data directories (tests, containers): a short directory of our own under /tmp.
-        digest = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
-        short = Path("/tmp") / f"{_SHORT_DIR_PREFIX}{os.getuid()}-{digest}"
+        short = short_socket_dir(self.state_dir)
         with contextlib.suppress(FileExistsError):
             short.mkdir(mode=0o700)
         _check_private_dir(short)
@@ -123,6 +122,12 @@ class LocalRuntime:
     async def _reap(self, proc: asyncio.subprocess.Process, agent_id: str) -> None:
         code = await proc.wait()
         log.info("runner of %s exited with %s", agent_id, code)
+
+
+def short_socket_dir(state_dir: Path) -> Path:
+    """Where runner sockets go when `state_dir` is too deep for a Unix socket path."""
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"{_SHORT_DIR_PREFIX}{os.getuid()}-{digest}"
 
 
 def _check_private_dir(path: Path) -> None:
