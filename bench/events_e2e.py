@@ -25,10 +25,10 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import socket
 import statistics
-import shutil
 import subprocess
 import sys
 import tempfile
