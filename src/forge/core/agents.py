@@ -369,9 +369,7 @@ class AgentService:
                 agent.status = "provisioning"
                 repo, base_ref, base_commit = agent.repo, agent.base_ref, agent.base_commit
             # A provisioning cut short by a restart may have left a runner behind.
-            leftover = await self._sandbox_of(agent_id)
-            if leftover is not None:
-                await self.runtime.destroy(leftover)
+            await self._discard_sandbox(agent_id)
             source = None
             if repo and base_ref and base_commit:
                 source = RepoSource(repo=Path(repo), base_ref=base_ref, base_commit=base_commit)
