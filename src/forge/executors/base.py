@@ -8,15 +8,22 @@ prompt, yields what the agent does as `ExecutorEvent`s and ends with exactly one
 from __future__ import annotations
 
 import os
+import shlex
 from abc import ABC, abstractmethod
 from collections.abc import AsyncGenerator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from forge.core.events import Outcome, Usage
 from forge.runner.proto import runner_pb2
 from forge.sandbox.base import allowed_environment
+
+if TYPE_CHECKING:
+    from forge.executors.permissions import Permissions
+
+PermissionMode = Literal["bypass", "accept_edits", "ask"]
+PERMISSION_MODES: tuple[PermissionMode, ...] = ("bypass", "accept_edits", "ask")
 
 
 class ExecutorError(Exception):
@@ -45,6 +52,20 @@ class ExecutorStartFailed(ExecutorError):
 
 
 @dataclass(frozen=True)
+class Attachment:
+    """A file sent with the message, already written into the workspace by the runner."""
+
+    name: str
+    media_type: str
+    # Absolute path inside the workspace.
+    path: Path
+
+    @property
+    def is_image(self) -> bool:
+        return self.media_type.startswith("image/")
+
+
+@dataclass(frozen=True)
 class RunContext:
     """Everything an executor needs to carry out one run."""
 
@@ -56,8 +77,51 @@ class RunContext:
     env: Mapping[str, str] = field(default_factory=dict)
     # The executor's own session id to continue ("" for a new session).
     resume_session_id: str = ""
-    # Executor-specific settings (the JSON object of `ExecutorSpec.settings_json`).
+    # Executor-specific settings (the JSON object of `ExecutorSpec.settings_json`):
+    # `command` (program to launch instead of the one on PATH), `append_prompt`,
+    # `additional_params` (extra CLI arguments), `system_prompt`, and the executor's own keys.
     settings: Mapping[str, Any] = field(default_factory=dict)
+    # The model to use ("" for the executor's default).
+    model: str = ""
+    # bypass: run every tool; accept_edits: file edits without asking, the rest per the agent's
+    # own rules; ask: every tool call that needs approval waits for the user (`permissions`).
+    permission_mode: PermissionMode = "bypass"
+    # Where `ask` requests go; always set by the runner (None only in tests that do not ask).
+    permissions: Permissions | None = None
+    # Files sent with the message, written into the workspace before the run.
+    attachments: tuple[Attachment, ...] = ()
+    # The sandbox's private home directory (executor configuration and session stores live
+    # here); None: the runner's own HOME.
+    home: Path | None = None
+    # A private directory outside the workspace that survives between runs (None: none).
+    state_dir: Path | None = None
+
+    def prompt_with_extras(self) -> str:
+        """The prompt with `append_prompt` and a list of attached files, as most CLIs take it."""
+        parts = [self.prompt]
+        append = self.settings.get("append_prompt")
+        if isinstance(append, str) and append.strip():
+            parts.append(append)
+        if self.attachments:
+            listed = "\n".join(
+                f"- {a.path.relative_to(self.workspace)} ({a.media_type})" for a in self.attachments
+            )
+            parts.append(f"Attached files (in the workspace):\n{listed}")
+        return "\n\n".join(parts)
+
+    def extra_args(self) -> list[str]:
+        """`additional_params` from the settings: extra command-line arguments."""
+        value = self.settings.get("additional_params", [])
+        if isinstance(value, str):
+            return value.split()
+        return [str(arg) for arg in value] if isinstance(value, list) else []
+
+    def program(self, default: str) -> list[str]:
+        """The command to launch: `settings.command` (split like a shell would) or `default`."""
+        command = self.settings.get("command")
+        if isinstance(command, str) and command.strip():
+            return shlex.split(command)
+        return [default]
 
 
 @dataclass(frozen=True)
@@ -92,6 +156,12 @@ class Executor(ABC):
     """Runs one run of an agent. The runner makes a fresh instance for every run."""
 
     kind: ClassVar[str]
+    # Environment variables this executor takes its credentials and endpoints from: the
+    # platform passes them, from its own environment or the profile's `env`, to this executor's
+    # process alone.
+    credential_env: ClassVar[tuple[str, ...]] = ()
+    # The `permission_mode`s the executor can honour (a profile asking for another is refused).
+    permission_modes: ClassVar[tuple[PermissionMode, ...]] = ("bypass",)
 
     @classmethod
     def from_spec(cls, spec: runner_pb2.ExecutorSpec) -> Self:
@@ -121,7 +191,19 @@ def executor_environment(
     """The environment an executor's process gets: allowlisted runner variables + run env."""
     env = allowed_environment(os.environ if parent is None else parent)
     env.setdefault("PATH", os.defpath)
+    if ctx.home is not None:
+        env["HOME"] = str(ctx.home)
+        for name, sub in _XDG_DIRS.items():
+            env[name] = str(ctx.home / sub)
     env.update(ctx.env)
     env["FORGE_AGENT_ID"] = ctx.agent_id
     env["FORGE_REQUEST_ID"] = ctx.request_id
     return env
+
+
+_XDG_DIRS = {
+    "XDG_CONFIG_HOME": ".config",
+    "XDG_DATA_HOME": ".local/share",
+    "XDG_STATE_HOME": ".local/state",
+    "XDG_CACHE_HOME": ".cache",
+}

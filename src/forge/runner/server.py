@@ -41,7 +41,7 @@ from forge.executors import (
     RunContext,
     get_executor,
 )
-from forge.executors.command import become_subreaper
+from forge.executors.process import become_subreaper
 from forge.runner.client import MAX_MESSAGE_BYTES, grpc_target
 from forge.runner.proto import runner_pb2, runner_pb2_grpc
 
