@@ -6,6 +6,7 @@ know which one is in use.
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Mapping
 
 from forge.executors.base import (
@@ -23,9 +24,27 @@ from forge.executors.base import (
 from forge.executors.command import CommandExecutor
 from forge.runner.proto import runner_pb2
 
-EXECUTORS: Mapping[str, type[Executor]] = {
-    CommandExecutor.kind: CommandExecutor,
+# Every executor kind and where its class lives (imported on first use, so the platform and a
+# runner load only the adapters they run).
+EXECUTOR_CLASSES: Mapping[str, str] = {
+    "command": "forge.executors.command:CommandExecutor",
+    "claude_code": "forge.executors.claude_code:ClaudeCodeExecutor",
+    "opencode": "forge.executors.opencode:OpenCodeExecutor",
+    "codex": "forge.executors.codex:CodexExecutor",
+    "gemini": "forge.executors.gemini:GeminiExecutor",
+    "forge": "forge.executors.forge_agent:ForgeAgentExecutor",
 }
+
+
+def executor_class(kind: str) -> type[Executor]:
+    """The class of an executor kind. Raises `UnknownExecutor`."""
+    where = EXECUTOR_CLASSES.get(kind)
+    if where is None:
+        known = ", ".join(sorted(EXECUTOR_CLASSES))
+        raise UnknownExecutor(f"unknown executor kind {kind!r} (known: {known})")
+    module_name, _, class_name = where.partition(":")
+    cls: type[Executor] = getattr(importlib.import_module(module_name), class_name)
+    return cls
 
 
 def get_executor(spec: runner_pb2.ExecutorSpec) -> Executor:
@@ -34,15 +53,11 @@ def get_executor(spec: runner_pb2.ExecutorSpec) -> Executor:
     Raises `UnknownExecutor` for a kind not in `EXECUTORS` and `InvalidExecutorSpec` when the
     spec lacks what that executor needs.
     """
-    executor_class = EXECUTORS.get(spec.kind)
-    if executor_class is None:
-        known = ", ".join(sorted(EXECUTORS))
-        raise UnknownExecutor(f"unknown executor kind {spec.kind!r} (known: {known})")
-    return executor_class.from_spec(spec)
+    return executor_class(spec.kind).from_spec(spec)
 
 
 __all__ = [
-    "EXECUTORS",
+    "EXECUTOR_CLASSES",
     "CommandExecutor",
     "Executor",
     "ExecutorError",
@@ -53,6 +68,7 @@ __all__ = [
     "InvalidExecutorSpec",
     "RunContext",
     "UnknownExecutor",
+    "executor_class",
     "executor_environment",
     "get_executor",
 ]
