@@ -50,7 +50,7 @@ def executor_class(kind: str) -> type[Executor]:
 def get_executor(spec: runner_pb2.ExecutorSpec) -> Executor:
     """A new executor for one run, of the kind `spec` names.
 
-    Raises `UnknownExecutor` for a kind not in `EXECUTORS` and `InvalidExecutorSpec` when the
+    Raises `UnknownExecutor` for a kind not in `EXECUTOR_CLASSES` and `InvalidExecutorSpec` when the
     spec lacks what that executor needs.
     """
     return executor_class(spec.kind).from_spec(spec)
