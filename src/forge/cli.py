@@ -49,8 +49,14 @@ def serve(
     from sqlalchemy.engine import make_url
 
     from forge.api.app import create_app
+    from forge.core.profiles import ProfileCatalog, ProfileError
 
     settings = _settings(config)
+    try:
+        ProfileCatalog(settings)
+    except ProfileError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     if host is not None:
         settings.server.host = host
     if port is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -70,6 +70,14 @@ class SandboxSettings(BaseModel):
     unreachable_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
+class AttachmentSettings(BaseModel):
+    """`[attachments]`: files sent with messages."""
+
+    max_files: int = Field(default=10, ge=0, le=20)
+    max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=25 * 1024 * 1024)
+    max_total_bytes: int = Field(default=25 * 1024 * 1024, ge=1, le=100 * 1024 * 1024)
+
+
 class WebhookSettings(BaseModel):
     """`[webhooks]`: delivery of events to applications."""
 
@@ -90,14 +98,39 @@ class WebhookSettings(BaseModel):
     max_retry_after_seconds: float = Field(default=36000, ge=0)
 
 
-class ProfileSettings(BaseModel):
+PermissionModeSetting = Literal["bypass", "accept_edits", "ask"]
+
+
+class ExecutorVariantSettings(BaseModel):
+    """`[executors.KIND.VARIANT]` (e.g. `[executors.CLAUDE_CODE.DEFAULT]`): how one executor kind
+    runs in one variant. Profiles name an executor and a variant and may override each field."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # `command` executor: the shell command line. Agent CLIs: the program to launch (with
+    # arguments) instead of the CLI found on PATH.
+    command: str = ""
+    # The model ("" = the executor's default).
+    model: str = ""
+    # bypass | accept_edits | ask; None = bypass unless a variant says otherwise.
+    permission_mode: PermissionModeSetting | None = None
+    # Seconds an `ask` request waits for an answer before it counts as denied.
+    permission_timeout_seconds: int | None = Field(default=None, ge=1, le=86_400)
+    # Text added after every message's prompt (instructions for the role).
+    append_prompt: str = ""
+    # Extra command-line arguments for the agent CLI.
+    additional_params: list[str] = Field(default_factory=list)
+    # Extra environment for the executor's process alone (credentials, endpoints).
+    env: dict[str, str] = Field(default_factory=dict)
+    # Executor-specific settings, passed through as they are.
+    settings: dict[str, Any] = Field(default_factory=dict)
+
+
+class ProfileSettings(ExecutorVariantSettings):
     """`[profiles.NAME]`: a named role an agent runs as."""
 
-    executor: Literal["command"] = "command"
-    # Shell command line run in the workspace for each message (the `command` executor).
-    command: str = ""
-    # Extra environment for the executor.
-    env: dict[str, str] = Field(default_factory=dict)
+    executor: str = "command"
+    variant: str = "DEFAULT"
     description: str = ""
 
     @model_validator(mode="after")
@@ -129,7 +162,14 @@ class Settings(BaseSettings):
     sessions: SessionSettings = Field(default_factory=SessionSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
     profiles: dict[str, ProfileSettings] = Field(default_factory=_builtin_profiles)
+    # `[executors.KIND.VARIANT]`, KIND in upper case (CLAUDE_CODE, OPENCODE, CODEX, GEMINI,
+    # FORGE, COMMAND).
+    executors: dict[str, dict[str, ExecutorVariantSettings]] = Field(default_factory=dict)
+    # Markdown agent files (YAML front matter + instructions) read as profiles; empty means
+    # `<data_dir>/agents`.
+    agents_dir: str = ""
 
     @field_validator("profiles", mode="after")
     @classmethod
@@ -166,6 +206,12 @@ class Settings(BaseSettings):
         if self.worktrees.base_path:
             return Path(self.worktrees.base_path).expanduser()
         return self.data_dir / "worktrees"
+
+    @property
+    def agent_files_dir(self) -> Path:
+        if self.agents_dir:
+            return Path(self.agents_dir).expanduser()
+        return self.data_dir / "agents"
 
     @property
     def runner_state_dir(self) -> Path:

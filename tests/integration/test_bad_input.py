@@ -157,17 +157,22 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(
         http.get(f"/api/v1/agents/{agent_id}/events", params={"after": -1}), 422, "invalid_request"
     )
     _error(http.get("/api/v1/agents/bad id!"), 422, "invalid_request")
-    _error(http.post(messages, json={"content": "x" * (3 * 1024 * 1024)}), 413, "body_too_large")
+    # Bodies are capped at 2 MiB (messages: more, for attachments; their text by length).
+    create = "/api/v1/agents"
+    _error(http.post(create, json={"owner_id": "x" * (3 * 1024 * 1024)}), 413, "body_too_large")
+    assert "1000000 characters" in _error(
+        http.post(messages, json={"content": "x" * (3 * 1024 * 1024)}), 422, "invalid_request"
+    )
     _error(http.post("/api/v1/agents", json={"owner_id": "has space"}), 422, "invalid_request")
 
     def chunked_body() -> Iterator[bytes]:  # no content-length: the limit applies while reading
-        yield b'{"content": "'
+        yield b'{"owner_id": "'
         for _ in range(3 * 1024):
             yield b"x" * 1024
         yield b'"}'
 
     _error(
-        http.post(messages, content=chunked_body(), headers={"content-type": "application/json"}),
+        http.post(create, content=chunked_body(), headers={"content-type": "application/json"}),
         413,
         "body_too_large",
     )

@@ -15,6 +15,7 @@ from forge.core.schemas import (
     Agent,
     AgentCreate,
     AgentList,
+    AgentUpdate,
     ErrorBody,
     EventPage,
     Health,
@@ -22,6 +23,11 @@ from forge.core.schemas import (
     InterruptRequest,
     MessageAccepted,
     MessageCreate,
+    Permission,
+    PermissionAnswer,
+    PermissionList,
+    ProfileInfo,
+    ProfileList,
 )
 
 # The largest seq a database integer holds.
@@ -38,6 +44,7 @@ _errors: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorBody},
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
+    413: {"model": ErrorBody},
     422: {"model": ErrorBody},
 }
 
@@ -75,6 +82,13 @@ async def get_agent(request: Request, agent_id: AgentId, user_id: UserId = None)
     return await platform_of(request).agents.get(agent_id, user_id)
 
 
+@router.patch("/agents/{agent_id}", response_model=Agent, tags=["agents"])
+async def update_agent(
+    request: Request, agent_id: AgentId, body: AgentUpdate, user_id: UserId = None
+) -> Agent:
+    return await platform_of(request).agents.update(agent_id, user_id, body)
+
+
 @router.delete("/agents/{agent_id}", status_code=204, tags=["agents"])
 async def delete_agent(
     request: Request,
@@ -88,7 +102,33 @@ async def delete_agent(
 
 
 @router.post(
-    "/agents/{agent_id}/messages", status_code=202, response_model=MessageAccepted, tags=["runs"]
+    "/agents/{agent_id}/messages",
+    status_code=202,
+    response_model=MessageAccepted,
+    tags=["runs"],
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["content"],
+                        "properties": {
+                            "content": {"type": "string"},
+                            "request_id": {"type": "string"},
+                            "webhook_url": {"type": "string"},
+                            "webhook_secret": {"type": "string"},
+                            "priority": {"type": "integer"},
+                            "files": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            },
+                        },
+                    }
+                }
+            }
+        }
+    },
 )
 async def send_message(
     request: Request, agent_id: AgentId, body: MessageCreate, user_id: UserId = None
@@ -110,6 +150,58 @@ async def interrupt_agent(
 ) -> InterruptAccepted:
     return await platform_of(request).agents.interrupt(
         agent_id, user_id, body or InterruptRequest()
+    )
+
+
+PermissionId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="From the permission_request entry.")
+]
+
+
+@router.get("/agents/{agent_id}/permissions", response_model=PermissionList, tags=["runs"])
+async def list_permissions(
+    request: Request,
+    agent_id: AgentId,
+    user_id: UserId = None,
+    pending: Annotated[bool, Query(description="Only requests still waiting.")] = False,
+) -> PermissionList:
+    return await platform_of(request).agents.permissions(agent_id, user_id, pending_only=pending)
+
+
+@router.post(
+    "/agents/{agent_id}/permissions/{permission_id}", response_model=Permission, tags=["runs"]
+)
+async def answer_permission(
+    request: Request,
+    agent_id: AgentId,
+    permission_id: PermissionId,
+    body: PermissionAnswer,
+    user_id: UserId = None,
+) -> Permission:
+    """Answer a `permission_request` entry: the waiting tool call runs or is refused."""
+    return await platform_of(request).agents.answer_permission(
+        agent_id, user_id, permission_id, body
+    )
+
+
+@router.get("/profiles", response_model=ProfileList, tags=["agents"])
+async def list_profiles(request: Request) -> ProfileList:
+    """The profiles agents can be created with, and the executor kinds with their variants."""
+    catalog = platform_of(request).agents.profiles
+    return ProfileList(
+        profiles=[
+            ProfileInfo(
+                name=p.name,
+                executor=p.executor,
+                variant=p.variant,
+                model=p.model or None,
+                permission_mode=p.permission_mode,
+                description=p.description,
+                source=p.source,
+            )
+            for p in catalog.all()
+        ],
+        executors={kind: catalog.variants(kind) for kind in catalog.kinds()},
     )
 
 

@@ -20,27 +20,31 @@ from sqlalchemy.exc import IntegrityError
 
 from forge.config import Settings
 from forge.core import ids
-from forge.core.errors import Conflict, InvalidRequest, NotFound
+from forge.core.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from forge.core.eventlog import EventLog, StoredEventPage
 from forge.core.events import ErrorInfo, EventDraft
-from forge.core.profiles import ProfileCatalog
+from forge.core.profiles import Profile, ProfileCatalog
 from forge.core.runners import RunnerLink
 from forge.core.scheduler import Scheduler
 from forge.core.schemas import (
     Agent,
     AgentCreate,
     AgentList,
+    AgentUpdate,
     InterruptAccepted,
     InterruptRequest,
     MessageAccepted,
     MessageCreate,
+    Permission,
+    PermissionAnswer,
+    PermissionList,
 )
 from forge.delivery.signing import validate_webhook_secret
 from forge.delivery.url_guard import check_webhook_url
 from forge.runner.proto import runner_pb2 as pb
 from forge.sandbox.base import Runtime, Sandbox, SandboxSpec, allowed_environment
 from forge.store.db import Database
-from forge.store.tables import AgentRow, RunRow, utcnow
+from forge.store.tables import AgentRow, AttachmentRow, PermissionRow, RunRow, utcnow
 from forge.workspace.worktrees import RepoSource, WorktreeManager
 
 log = logging.getLogger(__name__)
@@ -112,7 +116,8 @@ class AgentService:
     # ---- agents ----------------------------------------------------------------------------------
 
     async def create(self, body: AgentCreate, *, wait: bool = False) -> Agent:
-        profile = self.profiles.get(body.profile)
+        profile = self.profiles.resolve(body.profile, body.executor, body.variant)
+        self.profiles.check_runnable(profile)
         source: RepoSource | None = None
         if body.repo is not None:
             source = await self.worktrees.resolve(body.repo, body.base_ref)
@@ -124,6 +129,8 @@ class AgentService:
             owner_id=body.owner_id,
             profile=profile.name,
             executor=profile.executor,
+            variant=profile.variant if body.executor is not None else None,
+            model=body.model,
             status="provisioning",
             repo=str(source.repo) if source else None,
             base_ref=source.base_ref if source else None,
@@ -143,7 +150,7 @@ class AgentService:
     async def get(self, agent_id: str, owner_id: str | None) -> Agent:
         row = await self._agent_row(agent_id, owner_id)
         extras = await self._run_summaries([row.id])
-        return _agent_schema(row, *extras.get(row.id, (None, 0)))
+        return _agent_schema(row, self._profile_or_none(row), *extras.get(row.id, (None, 0)))
 
     async def list_agents(
         self, owner_id: str | None, *, limit: int, cursor: str | None
@@ -162,7 +169,9 @@ class AgentService:
         more = len(rows) > limit
         rows = rows[:limit]
         extras = await self._run_summaries([r.id for r in rows])
-        agents = [_agent_schema(r, *extras.get(r.id, (None, 0))) for r in rows]
+        agents = [
+            _agent_schema(r, self._profile_or_none(r), *extras.get(r.id, (None, 0))) for r in rows
+        ]
         return AgentList(
             agents=agents, total=int(total or 0), next_cursor=rows[-1].id if more and rows else None
         )
@@ -197,12 +206,90 @@ class AgentService:
         if purge:
             await self.worktrees.remove(agent_id, row.repo, delete_branch=True)
 
+    async def update(self, agent_id: str, owner_id: str | None, body: AgentUpdate) -> Agent:
+        """Change what the agent's next runs use (the model)."""
+        async with self.db.write() as session:
+            row = await session.get(AgentRow, agent_id)
+            if row is None or row.deleted_at is not None or (owner_id and row.owner_id != owner_id):
+                raise NotFound(f"agent {agent_id} not found", code="agent_not_found")
+            row.model = body.model
+        return await self.get(agent_id, owner_id)
+
+    def _profile_of(self, agent: AgentRow) -> Profile:
+        """What the agent runs as; `InvalidRequest` when its profile is no longer configured."""
+        if agent.variant is not None:
+            return self.profiles.for_executor(agent.executor, agent.variant)
+        return self.profiles.get(agent.profile)
+
+    def _profile_or_none(self, agent: AgentRow) -> Profile | None:
+        try:
+            return self._profile_of(agent)
+        except InvalidRequest:
+            return None
+
+    # ---- permissions -----------------------------------------------------------------------------
+
+    async def permissions(
+        self, agent_id: str, owner_id: str | None, *, pending_only: bool = False
+    ) -> PermissionList:
+        await self._agent_row(agent_id, owner_id)
+        query = select(PermissionRow).where(PermissionRow.agent_id == agent_id)
+        if pending_only:
+            query = query.where(PermissionRow.status == "pending")
+        async with self.db.read() as session:
+            rows = list(await session.scalars(query.order_by(PermissionRow.created_at)))
+        return PermissionList(permissions=[_permission_schema(row) for row in rows])
+
+    async def answer_permission(
+        self, agent_id: str, owner_id: str | None, permission_id: str, body: PermissionAnswer
+    ) -> Permission:
+        """Record the user's answer and pass it to the waiting agent."""
+        await self._agent_row(agent_id, owner_id)
+        async with self.db.write() as session:
+            row = await session.get(PermissionRow, permission_id)
+            if row is None or row.agent_id != agent_id:
+                raise NotFound(
+                    f"agent {agent_id} has no permission request {permission_id}",
+                    code="permission_not_found",
+                )
+            if row.status != "pending":
+                raise Conflict(
+                    f"permission request {permission_id} was already answered ({row.decision})",
+                    code="permission_answered",
+                )
+            run_status = await session.scalar(
+                select(RunRow.status).where(
+                    RunRow.agent_id == agent_id, RunRow.request_id == row.request_id
+                )
+            )
+            if run_status != "running":
+                raise Conflict(
+                    f"the run that asked ({row.request_id}) has ended ({run_status}); "
+                    "the request can no longer be answered",
+                    code="permission_expired",
+                )
+            row.status, row.decision, row.message = "answered", body.decision, body.message
+            row.answered_at = utcnow()
+            answered = _permission_schema(row)
+        link = self._links.get(agent_id)
+        reply = pb.PermissionReply(
+            request_id=row.request_id or "",
+            permission_id=permission_id,
+            decision=body.decision,
+            message=body.message or "",
+        )
+        if link is None or not await link.send(pb.PlatformMessage(permission_reply=reply)):
+            # The runner hears it when it reconnects (`_runs_to_resend`).
+            log.info("runner of %s not connected; answer to %s sent later", agent_id, permission_id)
+        return answered
+
     # ---- runs ------------------------------------------------------------------------------------
 
     async def send_message(
         self, agent_id: str, owner_id: str | None, body: MessageCreate
     ) -> MessageAccepted:
         await self._agent_row(agent_id, owner_id)
+        self._check_attachments(body)
         if body.webhook_url is not None:
             await check_webhook_url(body.webhook_url, self.settings.webhooks)
         if body.webhook_secret is not None:
@@ -231,6 +318,36 @@ class AgentService:
             status="queued" if status == "queued" else "processing",
         )
 
+    def _check_attachments(self, body: MessageCreate) -> None:
+        limits = self.settings.attachments
+        if len(body.attachments) > limits.max_files:
+            raise InvalidRequest(
+                f"a message may carry at most {limits.max_files} attachments "
+                f"([attachments] max_files); this one has {len(body.attachments)}",
+                code="too_many_attachments",
+            )
+        total = 0
+        for attachment in body.attachments:
+            size = len(attachment.decoded())
+            if size > limits.max_file_bytes:
+                raise TooLarge(
+                    f"attachment {attachment.name!r} is {size} bytes; the limit is "
+                    f"{limits.max_file_bytes} bytes per file ([attachments] max_file_bytes)",
+                    code="attachment_too_large",
+                )
+            total += size
+        if total > limits.max_total_bytes:
+            raise TooLarge(
+                f"the attachments are {total} bytes together; the limit is "
+                f"{limits.max_total_bytes} bytes per message ([attachments] max_total_bytes)",
+                code="attachments_too_large",
+            )
+        names = [attachment.name for attachment in body.attachments]
+        if len(set(names)) != len(names):
+            raise InvalidRequest(
+                "attachment names must be unique within a message", code="duplicate_attachment"
+            )
+
     async def _store_run(
         self, agent_id: str, request_id: str, body: MessageCreate, body_hash: str
     ) -> tuple[str, bool]:
@@ -257,6 +374,19 @@ class AgentService:
                     f"agent {agent_id} could not be provisioned ({agent.error_message}); "
                     "create a new agent",
                     code="agent_failed",
+                )
+            for position, attachment in enumerate(body.attachments):
+                data = attachment.decoded()
+                session.add(
+                    AttachmentRow(
+                        agent_id=agent_id,
+                        request_id=request_id,
+                        position=position,
+                        name=attachment.name,
+                        media_type=attachment.media_type,
+                        size=len(data),
+                        data=data,
+                    )
                 )
             session.add(
                 RunRow(
@@ -463,7 +593,7 @@ class AgentService:
 
     async def _dispatch(self, run: RunRow, agent: AgentRow) -> None:
         try:
-            message = self._run_message(run, agent)
+            message = await self._run_message(run, agent)
         except InvalidRequest as exc:
             await self.eventlog.append(
                 agent.id,
@@ -483,8 +613,19 @@ class AgentService:
                 "runner of %s not connected; %s is sent on reconnect", agent.id, run.request_id
             )
 
-    def _run_message(self, run: RunRow, agent: AgentRow) -> pb.Run:
-        profile = self.profiles.get(agent.profile)
+    async def _run_message(self, run: RunRow, agent: AgentRow) -> pb.Run:
+        profile = self._profile_of(agent)
+        async with self.db.read() as session:
+            attachments = list(
+                await session.scalars(
+                    select(AttachmentRow)
+                    .where(
+                        AttachmentRow.agent_id == agent.id,
+                        AttachmentRow.request_id == run.request_id,
+                    )
+                    .order_by(AttachmentRow.position)
+                )
+            )
         return pb.Run(
             request_id=run.request_id,
             prompt=run.prompt,
@@ -492,10 +633,18 @@ class AgentService:
                 kind=profile.executor,
                 command=profile.command,
                 settings_json=profile.settings_json,
+                model=agent.model or profile.model,
+                permission_mode=profile.permission_mode,
+                permission_timeout_seconds=profile.permission_timeout_seconds or 0,
             ),
-            env=profile.env,
+            # Credentials reach this executor's process alone, per run.
+            env=profile.credentials(),
             timeout_seconds=self.settings.sessions.timeout_seconds,
             resume_session_id=agent.executor_session_id or "",
+            attachments=[
+                pb.Attachment(name=a.name, media_type=a.media_type, data=a.data)
+                for a in attachments
+            ],
         )
 
     async def _runs_to_resend(self, agent_id: str) -> list[pb.PlatformMessage]:
@@ -510,16 +659,34 @@ class AgentService:
                     .order_by(RunRow.id)
                 )
             )
+            answers = list(
+                await session.scalars(
+                    select(PermissionRow).where(
+                        PermissionRow.agent_id == agent_id,
+                        PermissionRow.status == "answered",
+                        PermissionRow.request_id.in_([run.request_id for run in runs]),
+                    )
+                )
+            )
         if agent is None:
             return []
         messages = []
         grace = self.settings.sessions.interrupt_grace_seconds
         for run in runs:
             with contextlib.suppress(InvalidRequest):
-                messages.append(pb.PlatformMessage(run=self._run_message(run, agent)))
+                messages.append(pb.PlatformMessage(run=await self._run_message(run, agent)))
             if run.interrupt_requested:
                 interrupt = pb.Interrupt(request_id=run.request_id, grace_seconds=grace)
                 messages.append(pb.PlatformMessage(interrupt=interrupt))
+        # Answers the runner may have missed; it ignores those it has had.
+        for answer in answers:
+            reply = pb.PermissionReply(
+                request_id=answer.request_id or "",
+                permission_id=answer.id,
+                decision=answer.decision or "reject",
+                message=answer.message or "",
+            )
+            messages.append(pb.PlatformMessage(permission_reply=reply))
         return messages
 
     async def _run_finished(self, agent_id: str, request_id: str | None) -> None:
@@ -610,12 +777,17 @@ class AgentService:
         return summary
 
 
-def _agent_schema(row: AgentRow, current_request_id: str | None, queued: int) -> Agent:
+def _agent_schema(
+    row: AgentRow, profile: Profile | None, current_request_id: str | None, queued: int
+) -> Agent:
     return Agent(
         id=row.id,
         owner_id=row.owner_id,
         profile=row.profile,
         executor=row.executor,
+        variant=row.variant,
+        model=row.model or (profile.model if profile is not None else None) or None,
+        permission_mode=profile.permission_mode if profile is not None else "bypass",
         status=row.status,
         repo=row.repo,
         base_ref=row.base_ref,
@@ -630,6 +802,21 @@ def _agent_schema(row: AgentRow, current_request_id: str | None, queued: int) ->
         error=row.error_message,
         created_at=row.created_at,
         updated_at=row.updated_at,
+    )
+
+
+def _permission_schema(row: PermissionRow) -> Permission:
+    return Permission(
+        permission_id=row.id,
+        agent_id=row.agent_id,
+        request_id=row.request_id,
+        tool=row.tool,
+        detail=row.detail,
+        status="answered" if row.status == "answered" else "pending",
+        decision=row.decision,
+        message=row.message,
+        created_at=row.created_at,
+        answered_at=row.answered_at,
     )
 
 

@@ -23,6 +23,12 @@ class InvalidRequest(ForgeError):
     code = "invalid_request"
 
 
+class TooLarge(ForgeError):
+    """Something in the request is over a configured size limit (the message names it)."""
+
+    status_code = 413
+
+
 class NotFound(ForgeError):
     """Raised when an object does not exist or belongs to another owner."""
 

@@ -18,13 +18,14 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from forge.core import ids
 from forge.core.events import EventDraft, EventEnvelope
 from forge.store.db import Database
-from forge.store.tables import AgentRow, DeliveryRow, EventRow, RunRow, utcnow
+from forge.store.tables import AgentRow, DeliveryRow, EventRow, PermissionRow, RunRow, utcnow
 
 # The tables themselves: `append` and `read` use plain (Core) statements, not ORM objects.
 _AGENTS = cast(Table, AgentRow.__table__)
 _RUNS = cast(Table, RunRow.__table__)
 _EVENTS = cast(Table, EventRow.__table__)
 _DELIVERIES = cast(Table, DeliveryRow.__table__)
+_PERMISSIONS = cast(Table, PermissionRow.__table__)
 
 
 log = logging.getLogger(__name__)
@@ -128,6 +129,7 @@ class EventLog:
         sealed: list[EventEnvelope] = []
         events: list[dict[str, Any]] = []
         deliveries: list[dict[str, Any]] = []
+        permissions: list[dict[str, Any]] = []
         async with self.db.write() as session:
             conn = await session.connection()
             found = await _agent_and_runs(conn, agent_id, {d.request_id for d in drafts})
@@ -183,12 +185,17 @@ class EventLog:
                     _apply_to_run(run, draft, now)
                 if draft.session_id:
                     session_id = draft.session_id
+                asked = _permission_asked(agent_id, draft, now)
+                if asked is not None:
+                    permissions.append(asked)
                 sealed.append(envelope)
             # The event rows go in before the delivery rows that reference them.
             if events:
                 await conn.execute(insert(_EVENTS), events)
             if deliveries:
                 await conn.execute(insert(_DELIVERIES), deliveries)
+            if permissions:
+                await conn.execute(insert(_PERMISSIONS), permissions)
             for run in runs.values():
                 if run.changes:
                     await conn.execute(
@@ -307,3 +314,23 @@ def _apply_to_run(run: _RunState, draft: EventDraft, now: datetime) -> None:
         changes["status"] = "error"
         changes["error"] = draft.error.model_dump() if draft.error else None
         changes["finished_at"] = now
+
+
+def _permission_asked(agent_id: str, draft: EventDraft, now: datetime) -> dict[str, Any] | None:
+    """The permissions row for a `permission_request` entry (None for any other event)."""
+    entry = draft.entry
+    if entry is None or entry.get("kind") != "permission_request":
+        return None
+    permission_id = entry.get("permission_id")
+    if not isinstance(permission_id, str) or not permission_id:
+        return None
+    tool, detail = entry.get("tool"), entry.get("detail")
+    return {
+        "id": permission_id[:64],
+        "agent_id": agent_id,
+        "request_id": draft.request_id,
+        "tool": tool[:255] if isinstance(tool, str) else None,
+        "detail": detail if isinstance(detail, str) else None,
+        "status": "pending",
+        "created_at": now,
+    }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 from datetime import datetime
 from typing import Any, Literal
@@ -14,6 +16,18 @@ from forge.core.events import Usage
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/-]{0,127}$"
 MAX_MESSAGE_CHARS = 1_000_000
 MAX_METADATA_BYTES = 16_384
+# Attachments: how many per message and how large each may be (decoded). The server's
+# `[attachments]` settings may lower these.
+MAX_ATTACHMENTS = 20
+MAX_ATTACHMENT_BYTES = 25 * 1024 * 1024
+# A file name without directories; no leading dot.
+FILE_NAME_PATTERN = r"^[A-Za-z0-9_][A-Za-z0-9._ ()+-]{0,254}$"
+MEDIA_TYPE_PATTERN = r"^[a-z0-9][a-z0-9.+-]*/[a-z0-9][a-z0-9.+-]*$"
+EXECUTOR_PATTERN = r"^[a-z][a-z0-9_]{0,63}$"
+VARIANT_PATTERN = r"^[A-Za-z][A-Za-z0-9_]{0,63}$"
+MODEL_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:@/+-]{0,255}$"
+PermissionMode = Literal["bypass", "accept_edits", "ask"]
+PermissionDecision = Literal["once", "always", "reject"]
 
 AgentStatus = Literal["provisioning", "ready", "running", "stopped", "failed"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "interrupted", "timed_out", "error"]
@@ -41,7 +55,19 @@ class AgentCreate(_Request):
     profile: str | None = Field(
         default=None,
         pattern=NAME_PATTERN,
-        description="Profile name; the default profile if absent.",
+        description="Profile name; the default profile if neither it nor `executor` is given.",
+    )
+    executor: str | None = Field(
+        default=None,
+        pattern=EXECUTOR_PATTERN,
+        description="Instead of a profile: the executor kind (claude_code, opencode, codex, "
+        "gemini, forge, command) with its `variant` from `[executors.KIND.VARIANT]`.",
+    )
+    variant: str | None = Field(
+        default=None, pattern=VARIANT_PATTERN, description="With `executor`; DEFAULT if absent."
+    )
+    model: str | None = Field(
+        default=None, pattern=MODEL_PATTERN, description="The model, instead of the profile's."
     )
     repo: str | None = Field(
         default=None,
@@ -78,6 +104,9 @@ class Agent(BaseModel):
     owner_id: str
     profile: str
     executor: str
+    variant: str | None = None
+    model: str | None = Field(default=None, description="The model the next runs use.")
+    permission_mode: PermissionMode = "bypass"
     status: AgentStatus
     repo: str | None = None
     base_ref: str | None = None
@@ -94,6 +123,15 @@ class Agent(BaseModel):
     updated_at: datetime
 
 
+class AgentUpdate(_Request):
+    """Body of `PATCH /api/v1/agents/{id}`: what the next runs use."""
+
+    model: str | None = Field(
+        pattern=MODEL_PATTERN,
+        description="The model for the next runs; null goes back to the profile's model.",
+    )
+
+
 class AgentList(BaseModel):
     """A page of agents, newest first."""
 
@@ -102,10 +140,47 @@ class AgentList(BaseModel):
     next_cursor: str | None = None
 
 
+class AttachmentIn(_Request):
+    """A file sent with a message, its content in base64."""
+
+    name: str = Field(
+        pattern=FILE_NAME_PATTERN,
+        description="File name (no directories), e.g. screenshot.png.",
+    )
+    media_type: str = Field(
+        default="application/octet-stream",
+        pattern=MEDIA_TYPE_PATTERN,
+        description="e.g. image/png, text/plain; images go to the model as images where the "
+        "executor supports it.",
+    )
+    content_base64: str = Field(
+        min_length=0, max_length=(MAX_ATTACHMENT_BYTES * 4) // 3 + 4, description="Base64."
+    )
+
+    def decoded(self) -> bytes:
+        """The file's bytes (validated when the model was built)."""
+        return base64.b64decode(self.content_base64, validate=True)
+
+    @field_validator("content_base64")
+    @classmethod
+    def _is_base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"is not valid base64: {exc}") from exc
+        return value
+
+
 class MessageCreate(_Request):
-    """Body of `POST /api/v1/agents/{id}/messages`."""
+    """Body of `POST /api/v1/agents/{id}/messages` (or the same fields as multipart form data,
+    with the files as `files` parts)."""
 
     content: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    attachments: list[AttachmentIn] = Field(
+        default_factory=list,
+        max_length=MAX_ATTACHMENTS,
+        description="Files placed in the workspace under .forge/attachments/<request_id>/.",
+    )
     webhook_url: str | None = Field(default=None, min_length=1, max_length=2048)
     webhook_secret: str | None = Field(default=None, min_length=1, max_length=512)
     request_id: str | None = Field(default=None, pattern=NAME_PATTERN)
@@ -129,6 +204,54 @@ class InterruptRequest(_Request):
         pattern=NAME_PATTERN,
         description="The run to stop; the current one if absent.",
     )
+
+
+class PermissionAnswer(_Request):
+    """Body of `POST /api/v1/agents/{id}/permissions/{permission_id}`."""
+
+    decision: PermissionDecision = Field(
+        description="once: allow this call; always: allow this tool for the rest of the "
+        "session; reject: refuse it."
+    )
+    message: str | None = Field(
+        default=None, max_length=4000, description="Told to the agent (why, what instead)."
+    )
+
+
+class Permission(BaseModel):
+    """A tool call that waited (or waits) for the user's approval."""
+
+    permission_id: str
+    agent_id: str
+    request_id: str | None = None
+    tool: str | None = None
+    detail: str | None = None
+    status: Literal["pending", "answered"]
+    decision: PermissionDecision | None = None
+    message: str | None = None
+    created_at: datetime
+    answered_at: datetime | None = None
+
+
+class PermissionList(BaseModel):
+    permissions: list[Permission]
+
+
+class ProfileInfo(BaseModel):
+    """A profile an agent can be created with."""
+
+    name: str
+    executor: str
+    variant: str
+    model: str | None = None
+    permission_mode: PermissionMode
+    description: str = ""
+    source: str
+
+
+class ProfileList(BaseModel):
+    profiles: list[ProfileInfo]
+    executors: dict[str, list[str]] = Field(description="Executor kinds and their variants.")
 
 
 class InterruptAccepted(BaseModel):

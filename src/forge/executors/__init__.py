@@ -10,6 +10,7 @@ import importlib
 from collections.abc import Mapping
 
 from forge.executors.base import (
+    Attachment,
     Executor,
     ExecutorError,
     ExecutorEvent,
@@ -58,6 +59,7 @@ def get_executor(spec: runner_pb2.ExecutorSpec) -> Executor:
 
 __all__ = [
     "EXECUTOR_CLASSES",
+    "Attachment",
     "CommandExecutor",
     "Executor",
     "ExecutorError",

@@ -33,6 +33,7 @@ import grpc.aio
 
 from forge.core.events import Outcome, utc_timestamp
 from forge.executors import (
+    Attachment,
     Executor,
     ExecutorError,
     ExecutorEvent,
@@ -41,6 +42,8 @@ from forge.executors import (
     RunContext,
     get_executor,
 )
+from forge.executors.base import PERMISSION_MODES, PermissionMode
+from forge.executors.permissions import DECISIONS, Decision, Permissions, UnknownPermission
 from forge.executors.process import become_subreaper
 from forge.runner.client import MAX_MESSAGE_BYTES, grpc_target
 from forge.runner.proto import runner_pb2, runner_pb2_grpc
@@ -190,6 +193,7 @@ class Runner:
         workspace: Path,
         agent_id: str,
         token: str | None = None,
+        state_dir: Path | None = None,
         max_unacked: int = DEFAULT_MAX_UNACKED,
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         shutdown_ack_seconds: float = DEFAULT_SHUTDOWN_ACK_SECONDS,
@@ -197,6 +201,13 @@ class Runner:
     ) -> None:
         self.workspace = workspace
         self.agent_id = agent_id
+        # Private to the sandbox, outside the workspace: the executors' HOME and their state.
+        self.state_dir = state_dir
+        self.home = state_dir / "home" if state_dir is not None else None
+        if self.home is not None:
+            self.home.mkdir(parents=True, exist_ok=True)
+        # Lives as long as the runner, so an "always" answer holds for the agent's session.
+        self.permissions = Permissions()
         self.outbox = Outbox(max_unacked)
         self._token = token
         self._grace_seconds = grace_seconds
@@ -271,6 +282,8 @@ class Runner:
             self.outbox.ack(message.ack.runner_seq)
         elif kind == "shutdown":
             self.shutdown(graceful=message.shutdown.graceful)
+        elif kind == "permission_reply":
+            self.answer_permission(message.permission_reply)
         elif kind == "hello":
             logger.warning("ignoring a second Hello on the same stream")
 
@@ -318,6 +331,25 @@ class Runner:
             self._complete_unstarted(request_id, "interrupted before it started")
         else:
             logger.info("ignoring Interrupt for %r: not running or queued", request_id)
+
+    def answer_permission(self, reply: runner_pb2.PermissionReply) -> None:
+        """Pass the user's answer to the executor waiting for it."""
+        current = self._current
+        if current is None or reply.request_id not in ("", current.request_id):
+            logger.info("ignoring the answer to %s: its run is not running", reply.permission_id)
+            return
+        if reply.decision not in DECISIONS:
+            logger.warning(
+                "ignoring the answer to %s: decision %r", reply.permission_id, reply.decision
+            )
+            return
+        decision: Decision = reply.decision
+        try:
+            self.permissions.answer(reply.permission_id, decision, reply.message)
+        except UnknownPermission:
+            logger.info("ignoring the answer to %s: nothing waits for it", reply.permission_id)
+        else:
+            logger.info("permission %s answered: %s", reply.permission_id, decision)
 
     def shutdown(self, graceful: bool = True) -> None:
         """End the runner: gracefully (stop, flush, wait for acks) or at once."""
@@ -408,13 +440,20 @@ class Runner:
 
     def _context(self, run: runner_pb2.Run) -> RunContext:
         settings: Any = {}
-        if run.executor.settings_json:
+        spec = run.executor
+        if spec.settings_json:
             try:
-                settings = json.loads(run.executor.settings_json)
+                settings = json.loads(spec.settings_json)
             except ValueError as exc:
                 raise InvalidExecutorSpec(f"settings_json is not valid JSON: {exc}") from exc
             if not isinstance(settings, dict):
                 raise InvalidExecutorSpec("settings_json must be a JSON object")
+        mode = spec.permission_mode or "bypass"
+        if mode not in PERMISSION_MODES:
+            raise InvalidExecutorSpec(f"unknown permission_mode {mode!r}")
+        permission_mode: PermissionMode = mode
+        if spec.permission_timeout_seconds:
+            self.permissions.timeout_seconds = float(spec.permission_timeout_seconds)
         return RunContext(
             request_id=run.request_id,
             agent_id=self.agent_id,
@@ -423,7 +462,36 @@ class Runner:
             env=dict(run.env),
             resume_session_id=run.resume_session_id,
             settings=settings,
+            model=spec.model,
+            permission_mode=permission_mode,
+            permissions=self.permissions,
+            attachments=self._write_attachments(run),
+            home=self.home,
+            state_dir=self.state_dir,
         )
+
+    def _write_attachments(self, run: runner_pb2.Run) -> tuple[Attachment, ...]:
+        """Write the run's files to `.forge/attachments/<request_id>/` in the workspace."""
+        if not run.attachments:
+            return ()
+        folder = self.workspace / ".forge" / "attachments"
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+            # Never part of the agent's changes.
+            (folder / ".gitignore").write_text("*\n")
+            folder = folder / run.request_id
+            folder.mkdir(exist_ok=True)
+            written = []
+            for item in run.attachments:
+                name = Path(item.name).name
+                if name in ("", ".", ".."):
+                    raise InvalidExecutorSpec(f"attachment name {item.name!r} is not a file name")
+                path = folder / name
+                path.write_bytes(item.data)
+                written.append(Attachment(name=name, media_type=item.media_type, path=path))
+        except OSError as exc:
+            raise ExecutorError(f"cannot write the attachments: {exc}") from exc
+        return tuple(written)
 
     async def _time_limit(self, seconds: int) -> None:
         await asyncio.sleep(seconds)
@@ -436,6 +504,7 @@ class Runner:
             return
         self._stop_reason = reason
         self._set_status("stopping")
+        self.permissions.cancel_all()
         if self._executor is not None:
             task = asyncio.create_task(self._executor.interrupt(grace_seconds))
             self._stopping.add(task)
@@ -628,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
                 workspace=workspace,
                 agent_id=args.agent_id,
                 token=token,
+                state_dir=Path(args.state_dir).resolve() if args.state_dir else None,
                 max_unacked=args.max_unacked,
                 grace_seconds=args.grace_seconds,
                 shutdown_ack_seconds=args.shutdown_ack_seconds,
@@ -690,6 +760,10 @@ def _argument_parser() -> argparse.ArgumentParser:
     parser.add_argument("--workspace", required=True, help="directory the executors run in")
     parser.add_argument("--agent-id", required=True, help="the agent this sandbox belongs to")
     parser.add_argument("--token-file", help="file holding the token the platform must present")
+    parser.add_argument(
+        "--state-dir",
+        help="private directory outside the workspace: the executors' HOME and their state",
+    )
     parser.add_argument("--log-file", help="append logs here instead of stderr")
     parser.add_argument("--log-level", default="INFO", help="logging level (default INFO)")
     parser.add_argument(

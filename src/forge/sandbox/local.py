@@ -65,6 +65,8 @@ class LocalRuntime:
             str(token_file),
             "--log-file",
             str(log_file),
+            "--state-dir",
+            str(agent_dir / "state"),
         ]
         with open(log_file, "ab") as out:  # noqa: ASYNC230 - opening a log file is instant
             proc = await asyncio.create_subprocess_exec(

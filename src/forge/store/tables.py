@@ -13,6 +13,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Text,
     TypeDecorator,
@@ -58,6 +59,10 @@ class AgentRow(Base):
     owner_id: Mapped[str] = mapped_column(String(128), index=True)
     profile: Mapped[str] = mapped_column(String(128))
     executor: Mapped[str] = mapped_column(String(64))
+    # Set when the agent was created with `executor` + `variant` instead of a profile.
+    variant: Mapped[str | None] = mapped_column(String(64))
+    # The model for the next runs when changed from the profile's (`PATCH .../agents/{id}`).
+    model: Mapped[str | None] = mapped_column(String(256))
     # provisioning | ready | running | stopped | failed
     status: Mapped[str] = mapped_column(String(32), index=True)
     repo: Mapped[str | None] = mapped_column(Text)
@@ -153,3 +158,41 @@ class DeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class AttachmentRow(Base):
+    """A file sent with a message, kept until its run is dispatched (and after, for the record)."""
+
+    __tablename__ = "attachments"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"))
+    request_id: Mapped[str] = mapped_column(String(128))
+    # Order within the message.
+    position: Mapped[int] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(255))
+    media_type: Mapped[str] = mapped_column(String(255))
+    size: Mapped[int] = mapped_column(Integer)
+    data: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (Index("ix_attachments_run", "agent_id", "request_id"),)
+
+
+class PermissionRow(Base):
+    """A tool call waiting for the user's approval (`permission_mode = "ask"`), and the answer."""
+
+    __tablename__ = "permissions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    request_id: Mapped[str | None] = mapped_column(String(128))
+    tool: Mapped[str | None] = mapped_column(String(255))
+    detail: Mapped[str | None] = mapped_column(Text)
+    # pending | answered
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    # once | always | reject
+    decision: Mapped[str | None] = mapped_column(String(16))
+    message: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

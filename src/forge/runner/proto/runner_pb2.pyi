@@ -7,18 +7,20 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class PlatformMessage(_message.Message):
-    __slots__ = ("hello", "run", "interrupt", "ack", "shutdown")
+    __slots__ = ("hello", "run", "interrupt", "ack", "shutdown", "permission_reply")
     HELLO_FIELD_NUMBER: _ClassVar[int]
     RUN_FIELD_NUMBER: _ClassVar[int]
     INTERRUPT_FIELD_NUMBER: _ClassVar[int]
     ACK_FIELD_NUMBER: _ClassVar[int]
     SHUTDOWN_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_REPLY_FIELD_NUMBER: _ClassVar[int]
     hello: Hello
     run: Run
     interrupt: Interrupt
     ack: Ack
     shutdown: Shutdown
-    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ...) -> None: ...
+    permission_reply: PermissionReply
+    def __init__(self, hello: _Optional[_Union[Hello, _Mapping]] = ..., run: _Optional[_Union[Run, _Mapping]] = ..., interrupt: _Optional[_Union[Interrupt, _Mapping]] = ..., ack: _Optional[_Union[Ack, _Mapping]] = ..., shutdown: _Optional[_Union[Shutdown, _Mapping]] = ..., permission_reply: _Optional[_Union[PermissionReply, _Mapping]] = ...) -> None: ...
 
 class Hello(_message.Message):
     __slots__ = ("resume_after", "token")
@@ -29,7 +31,7 @@ class Hello(_message.Message):
     def __init__(self, resume_after: _Optional[int] = ..., token: _Optional[str] = ...) -> None: ...
 
 class Run(_message.Message):
-    __slots__ = ("request_id", "prompt", "executor", "env", "timeout_seconds", "resume_session_id")
+    __slots__ = ("request_id", "prompt", "executor", "env", "timeout_seconds", "resume_session_id", "attachments")
     class EnvEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -43,23 +45,41 @@ class Run(_message.Message):
     ENV_FIELD_NUMBER: _ClassVar[int]
     TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     RESUME_SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    ATTACHMENTS_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     prompt: str
     executor: ExecutorSpec
     env: _containers.ScalarMap[str, str]
     timeout_seconds: int
     resume_session_id: str
-    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., executor: _Optional[_Union[ExecutorSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_seconds: _Optional[int] = ..., resume_session_id: _Optional[str] = ...) -> None: ...
+    attachments: _containers.RepeatedCompositeFieldContainer[Attachment]
+    def __init__(self, request_id: _Optional[str] = ..., prompt: _Optional[str] = ..., executor: _Optional[_Union[ExecutorSpec, _Mapping]] = ..., env: _Optional[_Mapping[str, str]] = ..., timeout_seconds: _Optional[int] = ..., resume_session_id: _Optional[str] = ..., attachments: _Optional[_Iterable[_Union[Attachment, _Mapping]]] = ...) -> None: ...
+
+class Attachment(_message.Message):
+    __slots__ = ("name", "media_type", "data")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    MEDIA_TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    media_type: str
+    data: bytes
+    def __init__(self, name: _Optional[str] = ..., media_type: _Optional[str] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class ExecutorSpec(_message.Message):
-    __slots__ = ("kind", "command", "settings_json")
+    __slots__ = ("kind", "command", "settings_json", "model", "permission_mode", "permission_timeout_seconds")
     KIND_FIELD_NUMBER: _ClassVar[int]
     COMMAND_FIELD_NUMBER: _ClassVar[int]
     SETTINGS_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODEL_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_MODE_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     kind: str
     command: str
     settings_json: str
-    def __init__(self, kind: _Optional[str] = ..., command: _Optional[str] = ..., settings_json: _Optional[str] = ...) -> None: ...
+    model: str
+    permission_mode: str
+    permission_timeout_seconds: int
+    def __init__(self, kind: _Optional[str] = ..., command: _Optional[str] = ..., settings_json: _Optional[str] = ..., model: _Optional[str] = ..., permission_mode: _Optional[str] = ..., permission_timeout_seconds: _Optional[int] = ...) -> None: ...
 
 class Interrupt(_message.Message):
     __slots__ = ("request_id", "grace_seconds")
@@ -68,6 +88,18 @@ class Interrupt(_message.Message):
     request_id: str
     grace_seconds: float
     def __init__(self, request_id: _Optional[str] = ..., grace_seconds: _Optional[float] = ...) -> None: ...
+
+class PermissionReply(_message.Message):
+    __slots__ = ("request_id", "permission_id", "decision", "message")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    PERMISSION_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    permission_id: str
+    decision: str
+    message: str
+    def __init__(self, request_id: _Optional[str] = ..., permission_id: _Optional[str] = ..., decision: _Optional[str] = ..., message: _Optional[str] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("runner_seq",)
