@@ -33,6 +33,8 @@ def default_data_dir() -> Path:
 class ServerSettings(BaseModel):
     """`[server]`: where the HTTP API listens."""
 
+    model_config = ConfigDict(extra="forbid")
+
     host: str = "127.0.0.1"
     port: int = Field(default=8887, ge=0, le=65535)
 
@@ -40,17 +42,23 @@ class ServerSettings(BaseModel):
 class DatabaseSettings(BaseModel):
     """`[database]`: the state store. Empty `url` means a SQLite file in the data directory."""
 
+    model_config = ConfigDict(extra="forbid")
+
     url: str = ""
 
 
 class WorktreeSettings(BaseModel):
     """`[worktrees]`: where agent workspaces are created. Empty means `<data_dir>/worktrees`."""
 
+    model_config = ConfigDict(extra="forbid")
+
     base_path: str = ""
 
 
 class SessionSettings(BaseModel):
     """`[sessions]`: limits on runs."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_concurrent: int = Field(default=8, ge=1)
     # 0 disables the per-run timeout.
@@ -63,6 +71,8 @@ class SessionSettings(BaseModel):
 class SandboxSettings(BaseModel):
     """`[sandbox]`: where runners live. Only `local` exists so far."""
 
+    model_config = ConfigDict(extra="forbid")
+
     runtime: Literal["local"] = "local"
     # Seconds to wait for a new runner to accept connections.
     start_timeout_seconds: float = Field(default=20.0, gt=0)
@@ -70,8 +80,19 @@ class SandboxSettings(BaseModel):
     unreachable_timeout_seconds: float = Field(default=60.0, gt=0)
 
 
+class AgentFileSettings(BaseModel):
+    """`[agent_files]`: Markdown agent files (YAML front matter + the role's instructions), read
+    as profiles at start. Empty `dir` means `<data_dir>/agents`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dir: str = ""
+
+
 class AttachmentSettings(BaseModel):
     """`[attachments]`: files sent with messages."""
+
+    model_config = ConfigDict(extra="forbid")
 
     max_files: int = Field(default=10, ge=0, le=20)
     max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=25 * 1024 * 1024)
@@ -80,6 +101,8 @@ class AttachmentSettings(BaseModel):
 
 class WebhookSettings(BaseModel):
     """`[webhooks]`: delivery of events to applications."""
+
+    model_config = ConfigDict(extra="forbid")
 
     # Seconds to wait before each retry; the delivery is given up after the last one.
     retry_schedule_seconds: list[float] = Field(
@@ -167,9 +190,7 @@ class Settings(BaseSettings):
     # `[executors.KIND.VARIANT]`, KIND in upper case (CLAUDE_CODE, OPENCODE, CODEX, GEMINI,
     # FORGE, COMMAND).
     executors: dict[str, dict[str, ExecutorVariantSettings]] = Field(default_factory=dict)
-    # Markdown agent files (YAML front matter + instructions) read as profiles; empty means
-    # `<data_dir>/agents`.
-    agents_dir: str = ""
+    agent_files: AgentFileSettings = Field(default_factory=AgentFileSettings)
 
     @field_validator("profiles", mode="after")
     @classmethod
@@ -209,8 +230,8 @@ class Settings(BaseSettings):
 
     @property
     def agent_files_dir(self) -> Path:
-        if self.agents_dir:
-            return Path(self.agents_dir).expanduser()
+        if self.agent_files.dir:
+            return Path(self.agent_files.dir).expanduser()
         return self.data_dir / "agents"
 
     @property

@@ -1,4 +1,5 @@
-"""Messages as multipart form data: turned into the JSON body of `POST .../messages`.
+"""Messages as form data (multipart, or URL-encoded without files): turned into the JSON
+body of `POST .../messages`.
 
 Applications that upload files often send `multipart/form-data`. Rather than a second way of
 parsing a message, this plain ASGI layer reads the form (fields `content`, `request_id`,
@@ -22,6 +23,8 @@ from forge.core.schemas import MAX_ATTACHMENTS
 
 MESSAGES_PATH = re.compile(r"^/api/v1/agents/[^/]+/messages$")
 _TEXT_FIELDS = ("content", "request_id", "webhook_url", "webhook_secret")
+# Browsers' plain forms too (without files).
+_FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
 _FORM_FIELDS = frozenset({*_TEXT_FIELDS, "priority", "files"})
 
 
@@ -76,7 +79,7 @@ def _is_multipart_message(scope: Scope) -> bool:
         return False
     for name, value in scope.get("headers") or []:
         if name == b"content-type":
-            return bool(value.lower().startswith(b"multipart/form-data"))
+            return bool(value.lower().startswith(_FORM_TYPES))
     return False
 
 

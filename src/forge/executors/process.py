@@ -79,12 +79,13 @@ class ProcessExecutor(Executor):
         return executor_environment(ctx)
 
     async def feed(self, stdin: asyncio.StreamWriter, ctx: RunContext) -> None:
-        """Write the process's input. By default the prompt, then stdin is closed.
+        """Write the process's input. By default the prompt (with `append_prompt` and the list of
+        attachments), then stdin is closed.
 
         Runs beside the output loop; an override that keeps stdin open (to answer the process
         later) leaves `self.stdin` set and closes it itself.
         """
-        await write_and_close(stdin, ctx.prompt.encode())
+        await write_and_close(stdin, ctx.prompt_with_extras().encode())
 
     @abstractmethod
     def events_for_line(
