@@ -55,6 +55,7 @@ _ACTIONS: dict[str, ToolAction] = {
             "command",
             "run_command",
             "command_execution",
+            "monitor",
         ),
         "command_run",
     ),
@@ -65,7 +66,9 @@ _ACTIONS: dict[str, ToolAction] = {
             "ls",
             "list",
             "list_directory",
+            "list_dir",
             "search_file_content",
+            "grep_search",
             "codesearch",
             "websearch",
             "google_web_search",
@@ -74,8 +77,10 @@ _ACTIONS: dict[str, ToolAction] = {
         "search",
     ),
     **dict.fromkeys(("webfetch", "web_fetch", "fetch"), "web_fetch"),
-    **dict.fromkeys(("task", "agent"), "task"),
+    **dict.fromkeys(("task", "agent", "taskstop", "invoke_agent"), "task"),
     **dict.fromkeys(("todowrite", "todoread", "write_todos", "todo_list", "update_plan"), "todo"),
+    # Claude Code's task list (its todo list since TodoWrite was replaced).
+    **dict.fromkeys(("taskcreate", "taskupdate", "tasklist", "taskget"), "todo"),
 }
 
 
