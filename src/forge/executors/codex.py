@@ -32,7 +32,6 @@ from forge.executors.base import (
     RunContext,
 )
 from forge.executors.process import ProcessExecutor, Stream, describe_exit, write_and_close
-from forge.executors.strays import kill_strays
 
 # Codex's counters in `turn.completed.usage` and the `Usage` fields they feed.
 _USAGE_FIELDS = (
@@ -59,15 +58,10 @@ class CodexExecutor(ProcessExecutor):
 
     async def run(self, ctx: RunContext) -> AsyncGenerator[ExecutorOutput, None]:
         self.stream = CodexStream(ctx.state_dir)
-        # Codex runs commands in a pty, a session of its own: what they leave in the background
-        # survives the process group (`forge.executors.strays`).
-        try:
-            async for output in super().run(ctx):
-                if isinstance(output, ExecutorResult):
-                    await asyncio.to_thread(kill_strays, ctx)
-                yield output
-        finally:
-            await asyncio.to_thread(kill_strays, ctx)
+        # Codex runs commands in a pty, a session of its own: ProcessExecutor also ends what
+        # they leave in the background (`forge.executors.strays`).
+        async for output in super().run(ctx):
+            yield output
 
     def argv(self, ctx: RunContext) -> list[str]:
         args = [*ctx.program("codex"), "exec"]

@@ -35,7 +35,6 @@ from forge.executors.base import (
     RunContext,
 )
 from forge.executors.process import ProcessExecutor, Stream, describe_exit, write_and_close
-from forge.executors.strays import kill_strays
 
 _APPROVAL_MODES: dict[str, str] = {"bypass": "yolo", "accept_edits": "auto_edit"}
 
@@ -72,17 +71,14 @@ class GeminiExecutor(ProcessExecutor):
         if ctx.home is not None:
             settings_path = ctx.home / ".gemini" / "settings.json"
             await asyncio.to_thread(write_settings, settings_path, self.environment(ctx))
-        # Gemini CLI starts each shell command in a session of its own (`forge.executors.strays`).
-        try:
-            async for output in super().run(ctx):
-                if isinstance(output, ExecutorResult):
-                    await asyncio.to_thread(kill_strays, ctx)
-                    # Text of a message cut short (an interrupted run) still becomes an entry.
-                    for event in self.stream.flush():
-                        yield event
-                yield output
-        finally:
-            await asyncio.to_thread(kill_strays, ctx)
+        # Gemini CLI starts each shell command in a session of its own; ProcessExecutor ends
+        # those too (`forge.executors.strays`).
+        async for output in super().run(ctx):
+            if isinstance(output, ExecutorResult):
+                # Text of a message cut short (an interrupted run) still becomes an entry.
+                for event in self.stream.flush():
+                    yield event
+            yield output
 
     def argv(self, ctx: RunContext) -> list[str]:
         args = [*ctx.program("gemini"), "-p", "", "--output-format", "stream-json"]

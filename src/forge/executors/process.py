@@ -3,7 +3,8 @@
 `ProcessExecutor` owns the process: it starts it in the workspace in its own process group,
 feeds its stdin, reads stdout and stderr as lines (bounded read-ahead, so a slow consumer holds
 the process back instead of filling memory), interrupts it with SIGINT, SIGTERM and SIGKILL to
-the whole group, and makes sure nothing of the group is left when the run ends. Subclasses say
+the whole group, and makes sure nothing of the group, nor anything it started in sessions of
+its own (`forge.executors.strays`), is left when the run ends. Subclasses say
 what to start (`argv`), what to write to stdin (`feed`), how to read a line (`events_for_line`)
 and how the run ended (`result`). The agent CLI adapters and the `command` executor are built
 on it.
@@ -32,6 +33,7 @@ from forge.executors.base import (
     RunContext,
     executor_environment,
 )
+from forge.executors.strays import kill_strays
 
 logger = logging.getLogger(__name__)
 
@@ -162,6 +164,8 @@ class ProcessExecutor(Executor):
                     yield event
             await protocol.exited
             await asyncio.shield(reaper)
+            # What the process started in sessions of its own (agent CLIs do) is gone too.
+            await asyncio.to_thread(kill_strays, ctx)
             returncode = transport.get_returncode()
             yield self.result(returncode if returncode is not None else -1, ctx)
         finally:
@@ -178,6 +182,7 @@ class ProcessExecutor(Executor):
             await asyncio.gather(feeder, *pump_tasks, reaper, closer, return_exceptions=True)
             if self._stopper is not None:
                 await asyncio.gather(self._stopper, return_exceptions=True)
+            await asyncio.to_thread(kill_strays, ctx)
 
     async def interrupt(self, grace_seconds: float) -> None:
         self._interrupted = True

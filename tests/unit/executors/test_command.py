@@ -20,6 +20,7 @@ from forge.executors import (
     get_executor,
 )
 from forge.executors.command import LINE_LIMIT, parse_stdout_line
+from forge.executors.strays import processes_with
 from forge.runner.proto import runner_pb2
 
 
@@ -201,3 +202,18 @@ def test_get_executor_by_kind() -> None:
         get_executor(runner_pb2.ExecutorSpec(kind="command", command="  "))
     with pytest.raises(UnknownExecutor):
         get_executor(runner_pb2.ExecutorSpec(kind="nope"))
+
+
+async def test_what_the_command_starts_in_a_session_of_its_own_is_gone_after_the_run(
+    tmp_path: Path,
+) -> None:
+    ctx = context(tmp_path)
+    # The detached process is running in its new session before the command ends.
+    executor = CommandExecutor(
+        "setsid sh -c 'echo $$ > detached.pid; exec sleep 60' < /dev/null > /dev/null 2>&1 & "
+        "while [ ! -s detached.pid ]; do sleep 0.01; done; echo started"
+    )
+    events, result = await run_all(executor, ctx)
+    assert texts(events) == ["started"] and result.outcome == "succeeded"
+    assert (tmp_path / "detached.pid").read_text().strip().isdigit()
+    assert processes_with({f"FORGE_REQUEST_ID={ctx.request_id}".encode()}) == []
