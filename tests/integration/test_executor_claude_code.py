@@ -22,6 +22,7 @@ from tests.support.agent_clis import cli_path
 from tests.support.anthropic_wire import AnthropicReply  # also registers the Anthropic routes
 from tests.support.executors import entries_of, run_executor
 from tests.support.model_server import Reply, Script, ScriptedModelServer, ToolCall
+from tests.support.scenarios import hello_then_resume_through_forge
 
 pytestmark = pytest.mark.integration
 
@@ -357,37 +358,17 @@ permission_mode = "bypass"
 env = {{ ANTHROPIC_BASE_URL = "{model.url}", ANTHROPIC_API_KEY = "test-key" }}
 """
         )
-        agent = server.create_agent(profile="claude", repo=str(git_repo))
-        agent_id = agent["id"]
-        worktree = Path(agent["workspace_path"])
-        script.replies.extend(hello_replies(worktree))
-        reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": PROMPT})
-        assert reply.status_code == 202, reply.text
-        run = server.wait_final(agent_id, reply.json()["request_id"], timeout=60)
-
-        assert (worktree / "hello.py").read_text() == "print('hello')\n"
-        calls = [e["entry"] for e in run if (e.get("entry") or {}).get("kind") == "tool_call"]
-        assert [(c["tool"], c["action"], c["status"]) for c in calls] == [
-            ("Write", "file_edit", "running"),
-            ("Write", "file_edit", "success"),
-            ("Bash", "command_run", "running"),
-            ("Bash", "command_run", "success"),
-        ]
-        events = [e for e in run if e["event_type"] == "agent.event"]
-        assert all(e["executor"] == "claude_code" for e in events)
-        assert events[0]["executor_event_type"] == "system/init"
-        final = run[-1]
-        assert (final["event_type"], final["outcome"]) == ("agent.complete", "succeeded")
-        assert final["usage"]["input_tokens"] > 0 and final["usage"]["cost_usd"] > 0
-        session_id = final["session_id"]
-        assert session_id
-        assert server.http.get(f"/api/v1/agents/{agent_id}").json()["session_id"] == session_id
-
-        reply = server.http.post(
-            f"/api/v1/agents/{agent_id}/messages", json={"content": "Now say goodbye."}
+        done = hello_then_resume_through_forge(
+            server,
+            profile="claude",
+            repo=git_repo,
+            executor="claude_code",
+            prompt=PROMPT,
+            # The scripted Write names the worktree's absolute path.
+            before_first=lambda worktree: script.replies.extend(hello_replies(worktree)),
+            last_request_text=lambda: model.model_requests()[-1].text(),
         )
-        assert reply.status_code == 202, reply.text
-        second = server.wait_final(agent_id, reply.json()["request_id"], timeout=60)
-        assert (second[-1]["outcome"], second[-1]["session_id"]) == ("succeeded", session_id)
-        last = model.model_requests()[-1].text()
-        assert PROMPT in last and "Now say goodbye." in last
+        assert [c["tool"] for c in done.tool_calls] == ["Write", "Write", "Bash", "Bash"]
+        events = [e for e in done.first if e["event_type"] == "agent.event"]
+        assert events[0]["executor_event_type"] == "system/init"
+        assert done.first[-1]["usage"]["cost_usd"] > 0

@@ -18,7 +18,7 @@ from forge.executors import ExecutorEvent, RunContext
 from forge.executors.base import Attachment
 from forge.executors.forge_agent import ForgeAgentExecutor
 from forge.executors.permissions import Decision, Permissions
-from tests.integration.conftest import ForgeServer, free_port, wait_for
+from tests.integration.conftest import ForgeServer, free_port
 from tests.support.executors import entries_of, run_executor
 from tests.support.model_server import (
     RecordedRequest,
@@ -30,6 +30,7 @@ from tests.support.model_server import (
     json_response,
     sse,
 )
+from tests.support.scenarios import hello_then_resume_through_forge
 
 pytestmark = pytest.mark.integration
 
@@ -502,37 +503,14 @@ permission_mode = "bypass"
 env = {{ OPENAI_BASE_URL = "{model.url}/v1", OPENAI_API_KEY = "test-key" }}
 """
         )
-        agent = server.create_agent(profile="builtin", repo=str(git_repo))
-        agent_id = agent["id"]
-        worktree = Path(agent["workspace_path"])
-
-        reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": HELLO})
-        assert reply.status_code == 202, reply.text
-        events = server.wait_final(agent_id, reply.json()["request_id"])
-        final = events[-1]
-        assert final["event_type"] == "agent.complete", final
-        assert final["outcome"] == "succeeded"
-        assert final["usage"]["input_tokens"] == 300
-        assert (worktree / "hello.py").read_text() == "print('hello')\n"
-        calls = [e["entry"] for e in events if (e.get("entry") or {}).get("kind") == "tool_call"]
-        assert [(c["action"], c["status"]) for c in calls] == [
-            ("file_edit", "running"),
-            ("file_edit", "success"),
-            ("command_run", "running"),
-            ("command_run", "success"),
-        ]
-        assert {e["executor"] for e in events if e["event_type"] == "agent.event"} == {"forge"}
-        session_id = final["session_id"]
-        assert session_id.startswith("fs_")
-        wait_for(lambda: server.http.get(f"/api/v1/agents/{agent_id}").json()["session_id"])
-        assert server.http.get(f"/api/v1/agents/{agent_id}").json()["session_id"] == session_id
-
-        # A second message continues the same conversation.
-        reply = server.http.post(
-            f"/api/v1/agents/{agent_id}/messages", json={"content": "Now say goodbye."}
+        done = hello_then_resume_through_forge(
+            server,
+            profile="builtin",
+            repo=git_repo,
+            executor="forge",
+            prompt=HELLO,
+            last_request_text=lambda: json.dumps(model.model_requests()[-1].body["messages"]),
         )
-        events = server.wait_final(agent_id, reply.json()["request_id"])
-        assert events[-1]["outcome"] == "succeeded"
-        assert events[-1]["session_id"] == session_id
-        last = json.dumps(model.model_requests()[-1].body["messages"])
-        assert HELLO in last and "Now say goodbye." in last and "hello.py prints hello." in last
+        assert done.first[-1]["usage"]["input_tokens"] == 300
+        assert done.first[-1]["session_id"].startswith("fs_")
+        assert "hello.py prints hello." in json.dumps(model.model_requests()[-1].body["messages"])

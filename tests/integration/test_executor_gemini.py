@@ -18,6 +18,7 @@ from tests.integration.conftest import ForgeServer
 from tests.support.agent_clis import cli_path
 from tests.support.executors import entries_of, run_executor
 from tests.support.model_server import Reply, Script, ScriptedModelServer, ToolCall
+from tests.support.scenarios import hello_then_resume_through_forge
 
 pytestmark = pytest.mark.integration
 
@@ -202,36 +203,10 @@ permission_mode = "bypass"
 env = {{ GOOGLE_GEMINI_BASE_URL = "{model.url}", GEMINI_API_KEY = "test-key" }}
 """
         )
-        agent = server.create_agent(profile="gemini", repo=str(git_repo))
-        agent_id = agent["id"]
-        reply = server.http.post(
-            f"/api/v1/agents/{agent_id}/messages",
-            json={"content": "Create hello.py that prints hello, then run it."},
+        hello_then_resume_through_forge(
+            server,
+            profile="gemini",
+            repo=git_repo,
+            executor="gemini",
+            last_request_text=lambda: agent_requests(model)[-1],
         )
-        assert reply.status_code == 202, reply.text
-        run = server.wait_final(agent_id, reply.json()["request_id"], timeout=60)
-
-        assert (Path(agent["workspace_path"]) / "hello.py").read_text() == "print('hello')\n"
-        calls = [e["entry"] for e in run if (e.get("entry") or {}).get("kind") == "tool_call"]
-        assert [(c["action"], c["status"]) for c in calls] == [
-            ("file_edit", "running"),
-            ("file_edit", "success"),
-            ("command_run", "running"),
-            ("command_run", "success"),
-        ]
-        assert all(e["executor"] == "gemini" for e in run if e["event_type"] == "agent.event")
-        final = run[-1]
-        assert (final["event_type"], final["outcome"]) == ("agent.complete", "succeeded")
-        assert final["usage"]["input_tokens"] > 0
-        session_id = final["session_id"]
-        assert session_id
-        assert server.http.get(f"/api/v1/agents/{agent_id}").json()["session_id"] == session_id
-
-        reply = server.http.post(
-            f"/api/v1/agents/{agent_id}/messages", json={"content": "Now say goodbye."}
-        )
-        assert reply.status_code == 202, reply.text
-        second = server.wait_final(agent_id, reply.json()["request_id"], timeout=60)
-        assert (second[-1]["outcome"], second[-1]["session_id"]) == ("succeeded", session_id)
-        last = agent_requests(model)[-1]
-        assert "Create hello.py that prints hello" in last and "Now say goodbye." in last

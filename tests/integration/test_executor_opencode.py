@@ -19,6 +19,7 @@ from tests.integration.conftest import ForgeServer
 from tests.support.agent_clis import cli_path
 from tests.support.executors import entries_of, run_executor
 from tests.support.model_server import RecordedRequest, Reply, Script, ScriptedModelServer, ToolCall
+from tests.support.scenarios import hello_then_resume_through_forge
 
 pytestmark = pytest.mark.integration
 
@@ -228,7 +229,7 @@ async def test_ask_reject_then_once(git_repo: Path, tmp_path: Path) -> None:
 
 
 def test_through_forge(forge_server: Any, git_repo: Path) -> None:
-    with ScriptedModelServer(script(hello_replies())) as model:
+    with ScriptedModelServer(script([*hello_replies(), Reply(text="Goodbye.")])) as model:
         server: ForgeServer = forge_server(
             f"""
 [profiles.opencode]
@@ -239,36 +240,14 @@ permission_mode = "bypass"
 env = {{ OPENAI_BASE_URL = "{model.url}/v1", OPENAI_API_KEY = "test-key" }}
 """
         )
-        agent = server.create_agent(profile="opencode", repo=str(git_repo))
-        agent_id = agent["id"]
-        reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": PROMPT})
-        assert reply.status_code == 202, reply.text
-        run = server.wait_final(agent_id, reply.json()["request_id"], timeout=60)
-
-        assert (Path(agent["workspace_path"]) / "hello.py").read_text() == "print('hello')\n"
-        calls = [e["entry"] for e in run if (e.get("entry") or {}).get("kind") == "tool_call"]
-        assert [(c["action"], c["status"]) for c in calls] == [
-            ("file_edit", "running"),
-            ("file_edit", "success"),
-            ("command_run", "running"),
-            ("command_run", "success"),
-        ]
-        for event in (e for e in run if e["event_type"] == "agent.event"):
-            assert event["executor"] == "opencode"
-            assert event["opencode_event_type"] == event["executor_event_type"]
-        final = run[-1]
-        assert (final["event_type"], final["outcome"]) == ("agent.complete", "succeeded")
-        assert final["usage"]["input_tokens"] > 0
-        session_id = final["session_id"]
-        assert session_id.startswith("ses_")
-        assert server.http.get(f"/api/v1/agents/{agent_id}").json()["session_id"] == session_id
-
-        model.script.replies.append(Reply(text="Goodbye."))
-        reply = server.http.post(
-            f"/api/v1/agents/{agent_id}/messages", json={"content": "Now say goodbye."}
+        done = hello_then_resume_through_forge(
+            server,
+            profile="opencode",
+            repo=git_repo,
+            executor="opencode",
+            prompt=PROMPT,
+            last_request_text=lambda: model.model_requests()[-1].text(),
         )
-        assert reply.status_code == 202, reply.text
-        second = server.wait_final(agent_id, reply.json()["request_id"], timeout=60)
-        assert (second[-1]["outcome"], second[-1]["session_id"]) == ("succeeded", session_id)
-        last = model.model_requests()[-1].text()
-        assert PROMPT in last and "Now say goodbye." in last
+        for event in (e for e in done.first if e["event_type"] == "agent.event"):
+            assert event["opencode_event_type"] == event["executor_event_type"]
+        assert done.first[-1]["session_id"].startswith("ses_")

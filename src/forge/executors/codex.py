@@ -31,7 +31,7 @@ from forge.executors.base import (
     PermissionMode,
     RunContext,
 )
-from forge.executors.process import ProcessExecutor, Stream, describe_exit, write_and_close
+from forge.executors.process import ProcessExecutor, Stream, write_and_close
 
 # Codex's counters in `turn.completed.usage` and the `Usage` fields they feed.
 _USAGE_FIELDS = (
@@ -98,24 +98,14 @@ class CodexExecutor(ProcessExecutor):
         yield self.stream.event(text)
 
     def result(self, returncode: int, ctx: RunContext) -> ExecutorResult:
-        stream = self.stream
-        outcome: Literal["succeeded", "failed", "interrupted"]
-        if self.interrupted:
-            outcome, message = "interrupted", f"interrupted; codex {describe_exit(returncode)}"
-        elif stream.failure:
-            outcome, message = "failed", stream.failure
-        elif returncode != 0:
-            outcome, message = "failed", f"codex {describe_exit(returncode)}"
-        elif not stream.completed:
-            outcome, message = "failed", "codex ended without completing the turn"
-        else:
-            outcome, message = "succeeded", "the turn completed"
-        return ExecutorResult(
-            outcome=outcome,
-            exit_code=returncode,
-            message=message,
-            usage=stream.usage,
-            session_id=stream.session_id or self.session_id,
+        return self.turn_result(
+            returncode,
+            program="codex",
+            completed=self.stream.completed,
+            failure=self.stream.failure,
+            incomplete="ended without completing the turn",
+            usage=self.stream.usage,
+            session_id=self.stream.session_id,
         )
 
 

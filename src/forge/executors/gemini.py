@@ -34,7 +34,7 @@ from forge.executors.base import (
     PermissionMode,
     RunContext,
 )
-from forge.executors.process import ProcessExecutor, Stream, describe_exit, write_and_close
+from forge.executors.process import ProcessExecutor, Stream, write_and_close
 
 _APPROVAL_MODES: dict[str, str] = {"bypass": "yolo", "accept_edits": "auto_edit"}
 
@@ -112,24 +112,14 @@ class GeminiExecutor(ProcessExecutor):
             yield event
 
     def result(self, returncode: int, ctx: RunContext) -> ExecutorResult:
-        stream = self.stream
-        outcome: Literal["succeeded", "failed", "interrupted"]
-        if self.interrupted:
-            outcome, message = "interrupted", f"interrupted; gemini {describe_exit(returncode)}"
-        elif stream.failure:
-            outcome, message = "failed", stream.failure
-        elif returncode != 0:
-            outcome, message = "failed", f"gemini {describe_exit(returncode)}"
-        elif not stream.completed:
-            outcome, message = "failed", "gemini ended without a result"
-        else:
-            outcome, message = "succeeded", "the turn completed"
-        return ExecutorResult(
-            outcome=outcome,
-            exit_code=returncode,
-            message=message,
-            usage=stream.usage,
-            session_id=stream.session_id or self.session_id,
+        return self.turn_result(
+            returncode,
+            program="gemini",
+            completed=self.stream.completed,
+            failure=self.stream.failure,
+            incomplete="ended without a result",
+            usage=self.stream.usage,
+            session_id=self.stream.session_id,
         )
 
 

@@ -24,6 +24,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from dataclasses import dataclass
 from typing import Literal
 
+from forge.core.events import Usage
 from forge.executors.base import (
     Executor,
     ExecutorEvent,
@@ -197,6 +198,38 @@ class ProcessExecutor(Executor):
                 await asyncio.wait({exited}, timeout=grace_seconds)
         if not exited.done():
             signal_group(pgid, signal.SIGKILL)
+
+    def turn_result(
+        self,
+        returncode: int,
+        *,
+        program: str,
+        completed: bool,
+        failure: str = "",
+        incomplete: str = "ended without completing the turn",
+        usage: Usage | None = None,
+        session_id: str = "",
+    ) -> ExecutorResult:
+        """The result of a CLI that runs one turn per process: interrupted, failed (its stream
+        said so, a non-zero exit, or no end of turn seen) or succeeded."""
+        outcome: Literal["succeeded", "failed", "interrupted"]
+        if self.interrupted:
+            outcome, message = "interrupted", f"interrupted; {program} {describe_exit(returncode)}"
+        elif failure:
+            outcome, message = "failed", failure
+        elif returncode != 0:
+            outcome, message = "failed", f"{program} {describe_exit(returncode)}"
+        elif not completed:
+            outcome, message = "failed", f"{program} {incomplete}"
+        else:
+            outcome, message = "succeeded", "the turn completed"
+        return ExecutorResult(
+            outcome=outcome,
+            exit_code=returncode,
+            message=message,
+            usage=usage or Usage(),
+            session_id=session_id or self.session_id,
+        )
 
     async def _feed(self, stdin: asyncio.StreamWriter, ctx: RunContext) -> None:
         # The process may not read its stdin (any more).
