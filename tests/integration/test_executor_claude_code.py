@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import os
 import struct
 import uuid
 import zlib
@@ -21,6 +20,7 @@ from tests.integration.conftest import ForgeServer, wait_for
 from tests.support.agent_clis import cli_path
 from tests.support.anthropic_wire import AnthropicReply  # also registers the Anthropic routes
 from tests.support.executors import entries_of, run_executor
+from tests.support.executors import leftover_processes as shared_leftovers
 from tests.support.model_server import Reply, Script, ScriptedModelServer, ToolCall
 from tests.support.scenarios import hello_then_resume_through_forge
 
@@ -93,18 +93,7 @@ def tool_calls(events: list[ExecutorEvent]) -> list[tuple[str, str]]:
 
 
 def leftover_processes(workspace: Path) -> list[str]:
-    """Processes whose command line names the Claude CLI or whose cwd is the workspace."""
-    binary = os.path.realpath(cli_path("claude"))
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(f"/proc/{pid}/cwd")
-        except OSError:
-            continue
-        if binary in cmdline or cli_path("claude") in cmdline or cwd == str(workspace):
-            found.append(f"{pid}: {cmdline}")
-    return found
+    return shared_leftovers(workspace, cli_path("claude"))
 
 
 async def test_hello_then_resume(git_repo: Path, home: Path) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from forge.executors.codex import CodexExecutor
 from tests.integration.conftest import ForgeServer
 from tests.support.agent_clis import cli_path
 from tests.support.executors import entries_of, run_executor
+from tests.support.executors import leftover_processes as shared_leftovers
 from tests.support.model_server import Reply, Script, ScriptedModelServer, ToolCall
 from tests.support.scenarios import hello_then_resume_through_forge
 
@@ -67,21 +67,7 @@ def tool_calls(events: list[ExecutorEvent]) -> list[dict[str, Any]]:
 
 
 def leftover_processes(workspace: Path) -> list[str]:
-    """Processes whose command line names the Codex CLI or whose cwd is the workspace."""
-    binary = os.path.realpath(cli_path("codex"))
-    native = "codex-linux-x64"
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if binary in cmdline or native in cmdline or cwd == str(workspace):
-            found.append(f"{entry.name}: {cmdline}")
-    return found
+    return shared_leftovers(workspace, cli_path("codex"), "codex-linux-x64")
 
 
 async def processes_running(workspace: Path, text: str, count: int) -> None:

@@ -20,6 +20,7 @@ from forge.executors.forge_agent import ForgeAgentExecutor
 from forge.executors.permissions import Decision, Permissions
 from tests.integration.conftest import ForgeServer, free_port
 from tests.support.executors import entries_of, run_executor
+from tests.support.executors import leftover_processes as shared_leftovers
 from tests.support.model_server import (
     RecordedRequest,
     Reply,
@@ -85,19 +86,7 @@ def finished(events: list[ExecutorEvent]) -> list[dict[str, Any]]:
 
 
 def processes_in(workspace: Path) -> list[str]:
-    """Live processes whose working directory is the workspace."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cwd = os.readlink(entry / "cwd")
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-        except OSError:
-            continue
-        if cwd == str(workspace.resolve()):
-            found.append(f"{entry.name}: {cmdline}")
-    return found
+    return shared_leftovers(workspace)
 
 
 def tool_results(request: RecordedRequest) -> list[str]:

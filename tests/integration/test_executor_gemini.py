@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,6 +16,7 @@ from forge.executors.gemini import GeminiExecutor
 from tests.integration.conftest import ForgeServer
 from tests.support.agent_clis import cli_path
 from tests.support.executors import entries_of, run_executor
+from tests.support.executors import leftover_processes as shared_leftovers
 from tests.support.model_server import Reply, Script, ScriptedModelServer, ToolCall
 from tests.support.scenarios import hello_then_resume_through_forge
 
@@ -71,20 +71,7 @@ def agent_requests(server: ScriptedModelServer) -> list[str]:
 
 
 def leftover_processes(workspace: Path) -> list[str]:
-    """Processes whose command line names the Gemini CLI or whose cwd is the workspace."""
-    cli = os.path.realpath(cli_path("gemini"))
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if cli in cmdline or "gemini-cli" in cmdline or cwd == str(workspace):
-            found.append(f"{entry.name}: {cmdline}")
-    return found
+    return shared_leftovers(workspace, cli_path("gemini"))
 
 
 async def processes_running(workspace: Path, text: str, count: int) -> None:

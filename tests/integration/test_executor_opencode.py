@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import secrets
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from forge.executors.permissions import Permissions
 from tests.integration.conftest import ForgeServer
 from tests.support.agent_clis import cli_path
 from tests.support.executors import entries_of, run_executor
+from tests.support.executors import leftover_processes as shared_leftovers
 from tests.support.model_server import RecordedRequest, Reply, Script, ScriptedModelServer, ToolCall
 from tests.support.scenarios import hello_then_resume_through_forge
 
@@ -70,20 +70,7 @@ def tool_calls(events: list[ExecutorEvent]) -> list[dict[str, Any]]:
 
 
 def leftover_processes(workspace: Path) -> list[str]:
-    """Live processes of the CLI or with their cwd in the workspace (zombies have neither)."""
-    binary = cli_path("opencode")
-    left = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            cwd = os.readlink(entry / "cwd")
-        except OSError:
-            continue
-        if binary in cmdline or cwd == str(workspace) or cwd.startswith(f"{workspace}/"):
-            left.append(f"{entry.name}: {cmdline}")
-    return left
+    return shared_leftovers(workspace, cli_path("opencode"))
 
 
 async def test_hello_then_resume(git_repo: Path, tmp_path: Path) -> None:

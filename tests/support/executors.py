@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import os
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 
 from forge.executors import Executor, ExecutorEvent, ExecutorResult, RunContext
 
@@ -36,3 +38,22 @@ async def run_executor(
 
 def entries_of(events: list[ExecutorEvent], kind: str) -> list[dict[str, object]]:
     return [e.entry for e in events if e.entry is not None and e.entry.get("kind") == kind]
+
+
+def leftover_processes(workspace: Path, *programs: str) -> list[str]:
+    """Live processes (not this one) whose command line names one of `programs` (paths are
+    also matched resolved) or whose working directory is in `workspace`; "pid: cmdline" each."""
+    names = {name for program in programs for name in (program, os.path.realpath(program))}
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:  # gone, or a zombie
+            continue
+        in_workspace = cwd == str(workspace) or cwd.startswith(f"{workspace}/")
+        if in_workspace or any(name in cmdline for name in names):
+            found.append(f"{entry.name}: {cmdline}")
+    return found
