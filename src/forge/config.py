@@ -96,7 +96,8 @@ class AttachmentSettings(BaseModel):
 
     max_files: int = Field(default=10, ge=0, le=20)
     max_file_bytes: int = Field(default=10 * 1024 * 1024, ge=1, le=25 * 1024 * 1024)
-    max_total_bytes: int = Field(default=25 * 1024 * 1024, ge=1, le=100 * 1024 * 1024)
+    # At most 48 MiB: a run and its attachments travel to the runner as one 64 MiB gRPC message.
+    max_total_bytes: int = Field(default=25 * 1024 * 1024, ge=1, le=48 * 1024 * 1024)
 
 
 class WebhookSettings(BaseModel):
@@ -163,7 +164,7 @@ class ProfileSettings(ExecutorVariantSettings):
         return self
 
 
-def _builtin_profiles() -> dict[str, ProfileSettings]:
+def builtin_profiles() -> dict[str, ProfileSettings]:
     # `default` echoes the message back, so a fresh install does something visible.
     return {"default": ProfileSettings(executor="command", command="cat", description="Echo")}
 
@@ -186,7 +187,7 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
-    profiles: dict[str, ProfileSettings] = Field(default_factory=_builtin_profiles)
+    profiles: dict[str, ProfileSettings] = Field(default_factory=builtin_profiles)
     # `[executors.KIND.VARIANT]`, KIND in upper case (CLAUDE_CODE, OPENCODE, CODEX, GEMINI,
     # FORGE, COMMAND).
     executors: dict[str, dict[str, ExecutorVariantSettings]] = Field(default_factory=dict)
@@ -195,7 +196,7 @@ class Settings(BaseSettings):
     @field_validator("profiles", mode="after")
     @classmethod
     def _keep_builtin_default(cls, value: dict[str, ProfileSettings]) -> dict[str, ProfileSettings]:
-        merged = _builtin_profiles()
+        merged = builtin_profiles()
         merged.update(value)
         return merged
 

@@ -123,3 +123,54 @@ permission_mode = "ask"
     assert refused.status_code == 422, refused.text
     body = refused.json()
     assert body["error"] == "unsupported_permission_mode" and "bypass" in body["message"]
+
+
+def test_unanswered_requests_expire_and_repeated_ids_do_not_wedge_a_run(
+    forge_server: Any, git_repo: Path
+) -> None:
+    script = Script([Reply(tool_calls=[ToolCall("run_command", {"command": "touch ran"})])])
+    request = json.dumps(
+        {"type": "ask", "entry": {"kind": "permission_request", "permission_id": "perm_dup"}}
+    )
+    with ScriptedModelServer(script) as model:
+        server: ForgeServer = forge_server(
+            f"""
+[profiles.impatient]
+executor = "forge"
+model = "model-a"
+permission_mode = "ask"
+permission_timeout_seconds = 1
+env = {{ OPENAI_BASE_URL = "{model.url}/v1", OPENAI_API_KEY = "test-key" }}
+
+[profiles.echoer]
+executor = "command"
+command = '''
+echo '{request}'
+echo '{request}'
+'''
+"""
+        )
+        agent = server.create_agent(profile="impatient", repo=str(git_repo))
+        agent_id = agent["id"]
+        reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "go"})
+        events = server.wait_final(agent_id, reply.json()["request_id"])
+        # Nobody answered: the call was denied and the run went on to its end.
+        assert events[-1]["outcome"] == "succeeded"
+        assert not (Path(agent["workspace_path"]) / "ran").exists()
+        asked = _wait_permission(server, agent_id, 0)
+        base = f"/api/v1/agents/{agent_id}/permissions"
+        listed = server.http.get(base).json()["permissions"]
+        assert [(p["permission_id"], p["status"]) for p in listed] == [
+            (asked["permission_id"], "expired")
+        ]
+        late = server.http.post(f"{base}/{asked['permission_id']}", json={"decision": "once"})
+        assert late.status_code == 409 and late.json()["error"] == "permission_expired"
+
+    # The same permission id printed twice (a command may print anything) is stored once,
+    # and the run still ends.
+    echoer = server.create_agent(profile="echoer")
+    reply = server.http.post(f"/api/v1/agents/{echoer['id']}/messages", json={"content": "x"})
+    events = server.wait_final(echoer["id"], reply.json()["request_id"])
+    assert events[-1]["outcome"] == "succeeded"
+    listed = server.http.get(f"/api/v1/agents/{echoer['id']}/permissions").json()["permissions"]
+    assert [(p["permission_id"], p["status"]) for p in listed] == [("perm_dup", "expired")]

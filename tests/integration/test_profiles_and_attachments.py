@@ -140,6 +140,22 @@ def test_attachments_reach_the_workspace_and_limits_are_clear(
     assert sneaky.status_code == 422 and "attachments.0.name" in sneaky.json()["message"]
     unknown_field = server.http.post(messages, data={"content": "x", "colour": "red"})
     assert unknown_field.status_code == 422 and "colour" in unknown_field.json()["message"]
+    # A request id is not a path: one with "/" and ".." stays inside the workspace.
+    reply = server.http.post(
+        messages,
+        json={
+            "content": "x",
+            "request_id": "a/../../../escape",
+            "attachments": [{"name": "evil.txt", "content_base64": _b64(b"evil")}],
+        },
+    )
+    assert reply.status_code == 202, reply.text
+    run = server.wait_final(agent["id"], "a/../../../escape")
+    assert run[-1]["outcome"] == "succeeded"
+    assert "file .forge/attachments/a_.._.._.._escape/evil.txt 4 evil" in _outputs(run)
+    worktree = Path(agent["workspace_path"])
+    assert not list(worktree.parent.parent.rglob("escape")), "written outside the workspace"
+
     # Nothing of that was queued; the agent still works.
     reply = server.http.post(messages, json={"content": "still fine"})
     assert server.wait_final(agent["id"], reply.json()["request_id"])[-1]["outcome"] == "succeeded"

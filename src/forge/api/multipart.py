@@ -15,11 +15,12 @@ import re
 from typing import Any
 
 from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from forge.api.errors import error_response
-from forge.core.schemas import MAX_ATTACHMENTS
+from forge.core.schemas import MAX_ATTACHMENTS, MAX_MESSAGE_CHARS
 
 MESSAGES_PATH = re.compile(r"^/api/v1/agents/[^/]+/messages$")
 _TEXT_FIELDS = ("content", "request_id", "webhook_url", "webhook_secret")
@@ -38,8 +39,16 @@ class MultipartMessages:
             return
         request = Request(scope, receive)
         try:
-            form = await request.form(max_files=MAX_ATTACHMENTS + 1, max_fields=32)
+            form = await request.form(
+                max_files=MAX_ATTACHMENTS + 1,
+                max_fields=32,
+                max_part_size=MAX_MESSAGE_CHARS * 4,
+            )
             body = await _json_body(form.multi_items())
+        except HTTPException as exc:  # the body limit, hit while the form was read
+            response = error_response(exc.status_code, "body_too_large", str(exc.detail))
+            await response(scope, receive, send)
+            return
         except _FormError as exc:
             await error_response(422, "invalid_request", str(exc))(scope, receive, send)
             return
@@ -93,6 +102,8 @@ async def _json_body(items: list[tuple[str, str | UploadFile]]) -> dict[str, Any
             if not isinstance(value, UploadFile):
                 raise _FormError("files: each part must be a file (with a filename)")
             data = await value.read()
+            if not value.filename and not data:
+                continue  # a browser's empty file input
             attachments.append(
                 {
                     "name": value.filename or "file",

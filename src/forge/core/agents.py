@@ -13,7 +13,7 @@ import json
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import ColumnElement, func, select
 from sqlalchemy.exc import IntegrityError
@@ -235,7 +235,10 @@ class AgentService:
         await self._agent_row(agent_id, owner_id)
         query = select(PermissionRow).where(PermissionRow.agent_id == agent_id)
         if pending_only:
-            query = query.where(PermissionRow.status == "pending")
+            query = query.where(
+                PermissionRow.status == "pending",
+                (PermissionRow.expires_at.is_(None)) | (PermissionRow.expires_at > utcnow()),
+            )
         async with self.db.read() as session:
             rows = list(await session.scalars(query.order_by(PermissionRow.created_at)))
         return PermissionList(permissions=[_permission_schema(row) for row in rows])
@@ -252,10 +255,16 @@ class AgentService:
                     f"agent {agent_id} has no permission request {permission_id}",
                     code="permission_not_found",
                 )
-            if row.status != "pending":
+            if row.status == "answered":
                 raise Conflict(
                     f"permission request {permission_id} was already answered ({row.decision})",
                     code="permission_answered",
+                )
+            if _permission_status(row) == "expired":
+                raise Conflict(
+                    f"permission request {permission_id} has expired: its run ended or it was "
+                    "not answered in time, and the tool call was denied",
+                    code="permission_expired",
                 )
             run_status = await session.scalar(
                 select(RunRow.status).where(
@@ -812,12 +821,21 @@ def _permission_schema(row: PermissionRow) -> Permission:
         request_id=row.request_id,
         tool=row.tool,
         detail=row.detail,
-        status="answered" if row.status == "answered" else "pending",
+        status=_permission_status(row),
         decision=row.decision,
         message=row.message,
         created_at=row.created_at,
+        expires_at=row.expires_at,
         answered_at=row.answered_at,
     )
+
+
+def _permission_status(row: PermissionRow) -> Literal["pending", "answered", "expired"]:
+    if row.status == "answered":
+        return "answered"
+    if row.status == "expired" or (row.expires_at is not None and row.expires_at <= utcnow()):
+        return "expired"
+    return "pending"
 
 
 def _hash_body(body: MessageCreate) -> str:

@@ -9,7 +9,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import Table, and_, insert, select, update
@@ -195,7 +195,19 @@ class EventLog:
             if deliveries:
                 await conn.execute(insert(_DELIVERIES), deliveries)
             if permissions:
-                await conn.execute(insert(_PERMISSIONS), permissions)
+                await _insert_permissions(conn, permissions)
+            ended = [request_id for request_id, run in runs.items() if run.finished]
+            if ended:
+                # Nothing waits for an answer once the run that asked has ended.
+                await conn.execute(
+                    update(_PERMISSIONS)
+                    .where(
+                        _PERMISSIONS.c.agent_id == agent_id,
+                        _PERMISSIONS.c.request_id.in_(ended),
+                        _PERMISSIONS.c.status == "pending",
+                    )
+                    .values(status="expired")
+                )
             for run in runs.values():
                 if run.changes:
                     await conn.execute(
@@ -325,6 +337,10 @@ def _permission_asked(agent_id: str, draft: EventDraft, now: datetime) -> dict[s
     if not isinstance(permission_id, str) or not permission_id:
         return None
     tool, detail = entry.get("tool"), entry.get("detail")
+    timeout = entry.get("timeout_seconds")
+    expires_at = None
+    if isinstance(timeout, int | float) and 0 < timeout < 10**7:
+        expires_at = now + timedelta(seconds=float(timeout))
     return {
         "id": permission_id[:64],
         "agent_id": agent_id,
@@ -333,4 +349,19 @@ def _permission_asked(agent_id: str, draft: EventDraft, now: datetime) -> dict[s
         "detail": detail if isinstance(detail, str) else None,
         "status": "pending",
         "created_at": now,
+        "expires_at": expires_at,
     }
+
+
+async def _insert_permissions(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Insert permission rows, skipping ids already stored (a command executor may print the
+    same entry twice; a duplicate must not fail the whole append, which would wedge the run)."""
+    unique = list({row["id"]: row for row in rows}.values())
+    taken = set(
+        await conn.scalars(
+            select(_PERMISSIONS.c.id).where(_PERMISSIONS.c.id.in_([r["id"] for r in unique]))
+        )
+    )
+    fresh = [row for row in unique if row["id"] not in taken]
+    if fresh:
+        await conn.execute(insert(_PERMISSIONS), fresh)

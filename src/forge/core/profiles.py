@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from forge.config import ExecutorVariantSettings, ProfileSettings, Settings
+from forge.config import ExecutorVariantSettings, ProfileSettings, Settings, builtin_profiles
 from forge.core.errors import InvalidRequest
 from forge.executors import EXECUTOR_CLASSES, executor_class
 from forge.executors.base import PermissionMode
@@ -29,6 +29,7 @@ from forge.executors.base import PermissionMode
 log = logging.getLogger(__name__)
 
 DEFAULT_VARIANT = "DEFAULT"
+BUILTIN_DEFAULT = builtin_profiles()["default"]
 
 
 class ProfileError(Exception):
@@ -97,10 +98,15 @@ class ProfileCatalog:
         self._profiles: dict[str, Profile] = {}
         for path, profile_settings in _agent_files(settings.agent_files_dir):
             name = profile_settings.pop("name")
-            self._add(name, profile_settings, source=str(path))
+            try:
+                self._add(name, profile_settings, source=str(path))
+            except ProfileError as exc:
+                # One broken file must not take the others (or the server) down.
+                log.warning("skipping agent file %s: %s", path, exc)
         for name, configured in settings.profiles.items():
-            builtin = name == "default" and configured.command == "cat"
-            source = "builtin" if builtin else "forge.toml"
+            if name in self._profiles and configured == BUILTIN_DEFAULT:
+                continue  # an agent file defines its own `default`
+            source = "builtin" if configured == BUILTIN_DEFAULT else "forge.toml"
             self._add(name, configured.model_dump(exclude_unset=True), source=source)
 
     def _add(self, name: str, fields: dict[str, Any], *, source: str) -> None:

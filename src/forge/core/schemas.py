@@ -226,10 +226,11 @@ class Permission(BaseModel):
     request_id: str | None = None
     tool: str | None = None
     detail: str | None = None
-    status: Literal["pending", "answered"]
+    status: Literal["pending", "answered", "expired"]
     decision: PermissionDecision | None = None
     message: str | None = None
     created_at: datetime
+    expires_at: datetime | None = None
     answered_at: datetime | None = None
 
 

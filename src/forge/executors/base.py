@@ -186,12 +186,12 @@ class Executor(ABC):
 
 
 def executor_environment(
-    ctx: RunContext, parent: Mapping[str, str] | None = None
+    ctx: RunContext, parent: Mapping[str, str] | None = None, *, private_home: bool = True
 ) -> dict[str, str]:
     """The environment an executor's process gets: allowlisted runner variables + run env."""
     env = allowed_environment(os.environ if parent is None else parent)
     env.setdefault("PATH", os.defpath)
-    if ctx.home is not None:
+    if private_home and ctx.home is not None:
         env["HOME"] = str(ctx.home)
         for name, sub in _XDG_DIRS.items():
             env[name] = str(ctx.home / sub)

@@ -13,7 +13,13 @@ from collections.abc import AsyncIterator
 from typing import Any, Literal, Self
 
 from forge.core.events import ENTRY_KINDS
-from forge.executors.base import ExecutorEvent, ExecutorResult, InvalidExecutorSpec, RunContext
+from forge.executors.base import (
+    ExecutorEvent,
+    ExecutorResult,
+    InvalidExecutorSpec,
+    RunContext,
+    executor_environment,
+)
 from forge.executors.process import LINE_LIMIT, ProcessExecutor, Stream, describe_exit
 from forge.runner.proto import runner_pb2
 
@@ -38,6 +44,11 @@ class CommandExecutor(ProcessExecutor):
 
     def argv(self, ctx: RunContext) -> list[str]:
         return [self.shell, "-c", self.command]
+
+    def environment(self, ctx: RunContext) -> dict[str, str]:
+        # A command is the user's own tooling: it keeps the sandbox's HOME (git identity, keys);
+        # the private home is for the agent CLIs' configuration and sessions.
+        return executor_environment(ctx, private_home=False)
 
     async def events_for_line(
         self, stream: Stream, text: str, ctx: RunContext

@@ -19,6 +19,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import signal
 import stat
 import sys
@@ -479,8 +480,10 @@ class Runner:
             folder.mkdir(parents=True, exist_ok=True)
             # Never part of the agent's changes.
             (folder / ".gitignore").write_text("*\n")
-            folder = folder / run.request_id
+            folder = folder / _path_safe(run.request_id)
             folder.mkdir(exist_ok=True)
+            if folder.is_symlink() or not folder.resolve().is_relative_to(self.workspace.resolve()):
+                raise InvalidExecutorSpec("the attachments folder leads out of the workspace")
             written = []
             for item in run.attachments:
                 name = Path(item.name).name
@@ -785,6 +788,12 @@ def _argument_parser() -> argparse.ArgumentParser:
         help="how long a graceful shutdown waits for the last acknowledgements",
     )
     return parser
+
+
+def _path_safe(request_id: str) -> str:
+    """A request id as one harmless path component (ids may contain '/' and '.')."""
+    safe = re.sub(r"[^A-Za-z0-9_:@-]", "_", request_id)
+    return safe or "_"
 
 
 def _configure_logging(log_file: str | None, level: str) -> None:

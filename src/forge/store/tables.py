@@ -189,10 +189,12 @@ class PermissionRow(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
     tool: Mapped[str | None] = mapped_column(String(255))
     detail: Mapped[str | None] = mapped_column(Text)
-    # pending | answered
+    # pending | answered | expired (its run ended, or nobody answered in time)
     status: Mapped[str] = mapped_column(String(16), default="pending")
     # once | always | reject
     decision: Mapped[str | None] = mapped_column(String(16))
     message: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # When the agent stops waiting (the request's timeout); None: when its run ends.
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

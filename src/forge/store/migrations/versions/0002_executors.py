@@ -46,6 +46,7 @@ def upgrade() -> None:
         sa.Column("decision", sa.String(length=16), nullable=True),
         sa.Column("message", sa.Text(), nullable=True),
         sa.Column("created_at", sa.DateTime(), nullable=False),
+        sa.Column("expires_at", sa.DateTime(), nullable=True),
         sa.Column("answered_at", sa.DateTime(), nullable=True),
         sa.ForeignKeyConstraint(["agent_id"], ["agents.id"]),
         sa.PrimaryKeyConstraint("id"),
