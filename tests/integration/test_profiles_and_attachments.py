@@ -152,7 +152,7 @@ def test_attachments_reach_the_workspace_and_limits_are_clear(
     assert reply.status_code == 202, reply.text
     run = server.wait_final(agent["id"], "a/../../../escape")
     assert run[-1]["outcome"] == "succeeded"
-    assert "file .forge/attachments/a_.._.._.._escape/evil.txt 4 evil" in _outputs(run)
+    assert "file .forge/attachments/a__________escape/evil.txt 4 evil" in _outputs(run)
     worktree = Path(agent["workspace_path"])
     assert not list(worktree.parent.parent.rglob("escape")), "written outside the workspace"
 
