@@ -38,7 +38,13 @@ from forge.executors.base import (
     RunContext,
 )
 from forge.executors.permissions import Permissions, UnknownPermission
-from forge.executors.process import ProcessExecutor, Stream, describe_exit, write_and_close
+from forge.executors.process import (
+    ProcessExecutor,
+    Stream,
+    describe_exit,
+    stderr_event,
+    write_and_close,
+)
 
 # Claude Code's own names for Forge's permission modes.
 _CLI_PERMISSION_MODES: dict[PermissionMode, str] = {
@@ -151,9 +157,7 @@ class ClaudeCodeExecutor(ProcessExecutor):
     ) -> AsyncIterator[ExecutorEvent]:
         if stream == "stderr":
             self._stderr_tail.append(text)
-            yield ExecutorEvent(
-                executor_event_type="stderr", raw=None, entry=entries.system(text, stream="stderr")
-            )
+            yield stderr_event(text)
             return
         message = decode(text)
         if message is None:

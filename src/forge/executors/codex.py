@@ -16,7 +16,6 @@ needs approval is refused on the spot. Hence no `ask` permission mode (docs/exec
 
 from __future__ import annotations
 
-import asyncio
 import json
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from pathlib import Path
@@ -31,7 +30,7 @@ from forge.executors.base import (
     PermissionMode,
     RunContext,
 )
-from forge.executors.process import ProcessExecutor, Stream, write_and_close
+from forge.executors.process import ProcessExecutor, Stream, stderr_event
 
 # Codex's counters in `turn.completed.usage` and the `Usage` fields they feed.
 _USAGE_FIELDS = (
@@ -85,15 +84,11 @@ class CodexExecutor(ProcessExecutor):
         args.append("-")  # the prompt comes on stdin
         return args
 
-    async def feed(self, stdin: asyncio.StreamWriter, ctx: RunContext) -> None:
-        await write_and_close(stdin, ctx.prompt_with_extras().encode())
-
     async def events_for_line(
         self, stream: Stream, text: str, ctx: RunContext
     ) -> AsyncIterator[ExecutorEvent]:
         if stream == "stderr":
-            entry = entries.system(text, stream="stderr")
-            yield ExecutorEvent(executor_event_type="stderr", raw=None, entry=entry)
+            yield stderr_event(text)
             return
         yield self.stream.event(text)
 

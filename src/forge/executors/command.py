@@ -20,7 +20,13 @@ from forge.executors.base import (
     RunContext,
     executor_environment,
 )
-from forge.executors.process import LINE_LIMIT, ProcessExecutor, Stream, describe_exit
+from forge.executors.process import (
+    LINE_LIMIT,
+    ProcessExecutor,
+    Stream,
+    describe_exit,
+    stderr_event,
+)
 from forge.runner.proto import runner_pb2
 
 __all__ = ["LINE_LIMIT", "CommandExecutor", "parse_stdout_line"]
@@ -54,8 +60,7 @@ class CommandExecutor(ProcessExecutor):
         self, stream: Stream, text: str, ctx: RunContext
     ) -> AsyncIterator[ExecutorEvent]:
         if stream == "stderr":
-            entry = {"kind": "system", "text": text, "stream": "stderr"}
-            yield ExecutorEvent(executor_event_type="stderr", raw=None, entry=entry)
+            yield stderr_event(text)
         else:
             yield parse_stdout_line(text)
 

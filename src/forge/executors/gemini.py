@@ -34,7 +34,7 @@ from forge.executors.base import (
     PermissionMode,
     RunContext,
 )
-from forge.executors.process import ProcessExecutor, Stream, write_and_close
+from forge.executors.process import ProcessExecutor, Stream, stderr_event
 
 _APPROVAL_MODES: dict[str, str] = {"bypass": "yolo", "accept_edits": "auto_edit"}
 
@@ -98,15 +98,11 @@ class GeminiExecutor(ProcessExecutor):
         env["GEMINI_TELEMETRY_ENABLED"] = "false"
         return env
 
-    async def feed(self, stdin: asyncio.StreamWriter, ctx: RunContext) -> None:
-        await write_and_close(stdin, ctx.prompt_with_extras().encode())
-
     async def events_for_line(
         self, stream: Stream, text: str, ctx: RunContext
     ) -> AsyncIterator[ExecutorEvent]:
         if stream == "stderr":
-            entry = entries.system(text, stream="stderr")
-            yield ExecutorEvent(executor_event_type="stderr", raw=None, entry=entry)
+            yield stderr_event(text)
             return
         for event in self.stream.events(text):
             yield event

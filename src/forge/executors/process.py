@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from forge.core.events import Usage
+from forge.executors import entries
 from forge.executors.base import (
     Executor,
     ExecutorEvent,
@@ -235,6 +236,12 @@ class ProcessExecutor(Executor):
         # The process may not read its stdin (any more).
         with contextlib.suppress(BrokenPipeError, ConnectionResetError):
             await self.feed(stdin, ctx)
+
+
+def stderr_event(text: str) -> ExecutorEvent:
+    """A line the process wrote to stderr: a `system` entry."""
+    entry = entries.system(text, stream="stderr")
+    return ExecutorEvent(executor_event_type="stderr", raw=None, entry=entry)
 
 
 def describe_exit(returncode: int) -> str:
