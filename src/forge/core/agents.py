@@ -337,7 +337,7 @@ class AgentService:
             )
         total = 0
         for attachment in body.attachments:
-            size = len(attachment.decoded())
+            size = len(attachment.data)
             if size > limits.max_file_bytes:
                 raise TooLarge(
                     f"attachment {attachment.name!r} is {size} bytes; the limit is "
@@ -385,7 +385,7 @@ class AgentService:
                     code="agent_failed",
                 )
             for position, attachment in enumerate(body.attachments):
-                data = attachment.decoded()
+                data = attachment.data
                 session.add(
                     AttachmentRow(
                         agent_id=agent_id,

@@ -6,6 +6,7 @@ import base64
 import binascii
 import json
 from datetime import datetime
+from functools import cached_property
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -157,8 +158,9 @@ class AttachmentIn(_Request):
         min_length=0, max_length=(MAX_ATTACHMENT_BYTES * 4) // 3 + 4, description="Base64."
     )
 
-    def decoded(self) -> bytes:
-        """The file's bytes (validated when the model was built)."""
+    @cached_property
+    def data(self) -> bytes:
+        """The file's bytes (decoded once; validated when the model was built)."""
         return base64.b64decode(self.content_base64, validate=True)
 
     @field_validator("content_base64")
