@@ -45,10 +45,9 @@ def serve(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Start the Forge server (applies database migrations first)."""
-    import uvicorn
     from sqlalchemy.engine import make_url
 
-    from forge.api.app import create_app
+    from forge.api.app import run_server
     from forge.core.profiles import ProfileCatalog, ProfileError
 
     settings = _settings(config)
@@ -73,13 +72,7 @@ def serve(
         )
     database = make_url(settings.database_url).render_as_string(hide_password=True)
     log.info("data directory: %s; database: %s", settings.data_dir, database)
-    uvicorn.run(
-        create_app(settings),
-        host=settings.server.host,
-        port=settings.server.port,
-        log_level=log_level.lower(),
-        timeout_graceful_shutdown=10,
-    )
+    run_server(settings, log_level=log_level)
 
 
 @app.command(

@@ -105,7 +105,8 @@ class WebhookSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    # Seconds to wait before each retry; the delivery is given up after the last one.
+    # The first attempt is immediate; these are the seconds to wait before each retry (5 s,
+    # 5 min, 30 min, 2 h, 5 h, 10 h, 10 h). The delivery is given up (`exhausted`) after the last.
     retry_schedule_seconds: list[float] = Field(
         default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0]
     )
@@ -120,6 +121,50 @@ class WebhookSettings(BaseModel):
     max_in_flight: int = Field(default=64, ge=1)
     # Longest honoured Retry-After, in seconds.
     max_retry_after_seconds: float = Field(default=36000, ge=0)
+    # Circuit breaker per endpoint URL (across all its agents): after this many consecutive
+    # retryable failures (timeouts, refused connections, 408, 429, 5xx) the endpoint's deliveries
+    # are paused, not attempted and not using up retries. 0 turns the breaker off.
+    circuit_failure_threshold: int = Field(default=5, ge=0)
+    # The first pause, in seconds; each further failure (of the one probe sent when a pause
+    # ends) doubles it, up to `circuit_max_open_seconds`.
+    circuit_open_seconds: float = Field(default=30.0, gt=0)
+    circuit_max_open_seconds: float = Field(default=600.0, gt=0)
+
+    @model_validator(mode="after")
+    def _circuit_pauses_in_order(self) -> WebhookSettings:
+        if self.circuit_max_open_seconds < self.circuit_open_seconds:
+            raise ValueError(
+                "webhooks.circuit_max_open_seconds must be at least webhooks.circuit_open_seconds"
+            )
+        return self
+
+
+class WebSocketSettings(BaseModel):
+    """`[websocket]`: the live event stream `WS /api/v1/agents/{id}/stream`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Seconds between pings; a client that does not answer within `ping_timeout_seconds` is
+    # disconnected. 0 turns pings off.
+    ping_interval_seconds: float = Field(default=20.0, ge=0)
+    ping_timeout_seconds: float = Field(default=20.0, gt=0)
+    # Largest message a client may send, in bytes (clients only ever need to send small ones).
+    max_message_size: int = Field(default=64 * 1024, ge=1024, le=16 * 1024 * 1024)
+    # permessage-deflate, when the client offers it.
+    compression: bool = True
+    # A client that takes longer than this to accept one frame (its socket buffers are full: it
+    # stopped reading) is closed with code 4008, to resume later with `after=`.
+    send_timeout_seconds: float = Field(default=30.0, gt=0)
+
+
+class SseSettings(BaseModel):
+    """`[sse]`: the Server-Sent Events stream (`GET .../events`, `Accept: text/event-stream`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Seconds of silence after which a `: keep-alive` comment is sent, so proxies and load
+    # balancers do not close an idle stream.
+    keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
 
 
 PermissionModeSetting = Literal["bypass", "accept_edits", "ask"]
@@ -187,6 +232,8 @@ class Settings(BaseSettings):
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
+    websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
+    sse: SseSettings = Field(default_factory=SseSettings)
     profiles: dict[str, ProfileSettings] = Field(default_factory=builtin_profiles)
     # `[executors.KIND.VARIANT]`, KIND in upper case (CLAUDE_CODE, OPENCODE, CODEX, GEMINI,
     # FORGE, COMMAND).

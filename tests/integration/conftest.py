@@ -40,10 +40,21 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class ForgeServer:
-    """One `forge serve` subprocess with its own config and data directory."""
+# The `[webhooks]` section servers get unless a test gives its own: local receivers allowed,
+# quick retries.
+TEST_WEBHOOKS = """
+allow_private = true
+retry_schedule_seconds = [0.2, 0.4, 0.8, 1.6]
+jitter = 0.0
+timeout_seconds = 5
+"""
 
-    def __init__(self, root: Path, extra_config: str = "") -> None:
+
+class ForgeServer:
+    """One `forge serve` subprocess with its own config and data directory. `webhooks` replaces
+    the body of its `[webhooks]` section ("" for Forge's defaults)."""
+
+    def __init__(self, root: Path, extra_config: str = "", webhooks: str | None = None) -> None:
         self.root = root
         self.data_dir = root / "data"
         self.port = free_port()
@@ -57,10 +68,7 @@ host = "127.0.0.1"
 port = {self.port}
 
 [webhooks]
-allow_private = true
-retry_schedule_seconds = [0.2, 0.4, 0.8, 1.6]
-jitter = 0.0
-timeout_seconds = 5
+{TEST_WEBHOOKS if webhooks is None else webhooks}
 
 [sessions]
 interrupt_grace_seconds = 1.0
@@ -152,13 +160,13 @@ interrupt_grace_seconds = 1.0
 
 @pytest.fixture
 def forge_server(tmp_path: Path) -> Iterator[Callable[..., ForgeServer]]:
-    """Factory: `forge_server(extra_config="")` returns a started server."""
+    """Factory: `forge_server(extra_config="", webhooks=None)` returns a started server."""
     servers: list[ForgeServer] = []
 
-    def make(extra_config: str = "") -> ForgeServer:
+    def make(extra_config: str = "", webhooks: str | None = None) -> ForgeServer:
         root = tmp_path / f"forge{len(servers)}"
         root.mkdir()
-        server = ForgeServer(root, extra_config)
+        server = ForgeServer(root, extra_config, webhooks)
         servers.append(server)
         server.start()
         return server
@@ -219,9 +227,9 @@ class WebhookReceiver:
         raise AssertionError(f"receiver condition not met; got {len(self.requests)} requests")
 
 
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    state = WebhookReceiver()
+def serve_webhooks(state: WebhookReceiver, port: int = 0) -> ThreadingHTTPServer:
+    """Start an HTTP server on 127.0.0.1:`port` (0: any free port) that records requests in
+    `state` and answers with `state.respond`; sets `state.url`. Stop it with `stop_serving`."""
 
     class Handler(BaseHTTPRequestHandler):
         def do_POST(self) -> None:
@@ -240,10 +248,21 @@ def receiver() -> Iterator[WebhookReceiver]:
         def log_message(self, *_args: Any) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
     state.url = f"http://127.0.0.1:{server.server_address[1]}/hook"
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
-    yield state
+    return server
+
+
+def stop_serving(server: ThreadingHTTPServer) -> None:
     server.shutdown()
     server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[WebhookReceiver]:
+    state = WebhookReceiver()
+    server = serve_webhooks(state)
+    yield state
+    stop_serving(server)

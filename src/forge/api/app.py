@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from types import FrameType
 
+import uvicorn
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -12,6 +16,7 @@ from forge import __version__
 from forge.api.errors import error_response, install_error_handlers
 from forge.api.multipart import MESSAGES_PATH, MultipartMessages
 from forge.api.routes import health_router, router
+from forge.api.ws import ws_router
 from forge.config import Settings
 from forge.core.platform import Platform
 
@@ -75,6 +80,7 @@ def create_app(settings: Settings) -> FastAPI:
         try:
             yield
         finally:
+            platform.begin_shutdown()
             await platform.stop()
 
     app = FastAPI(
@@ -94,5 +100,48 @@ def create_app(settings: Settings) -> FastAPI:
         BodySizeLimit, max_bytes=MAX_BODY_BYTES, message_max_bytes=MAX_BODY_BYTES + attachments
     )
     app.include_router(router)
+    app.include_router(ws_router)
     app.include_router(health_router)
     return app
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the platform of a stop signal before connections are drained:
+    live streams end at once (clients resume on the next server) instead of holding the
+    shutdown until uvicorn's graceful timeout."""
+
+    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
+        super().__init__(config)
+        self._app = app
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self._loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        platform: Platform | None = getattr(self._app.state, "platform", None)
+        if platform is not None and self._loop is not None:
+            self._loop.call_soon_threadsafe(platform.begin_shutdown)
+        super().handle_exit(sig, frame)
+
+
+def run_server(settings: Settings, *, log_level: str = "info") -> None:
+    """Serve the API until SIGINT or SIGTERM. On a stop signal Forge stops taking requests,
+    ends live streams, writes what its runners already sent and the webhook outcomes it knows,
+    and leaves the runners running for the next start to reattach to."""
+    app = create_app(settings)
+    ws = settings.websocket
+    config = uvicorn.Config(
+        app,
+        host=settings.server.host,
+        port=settings.server.port,
+        log_level=log_level.lower(),
+        timeout_graceful_shutdown=10,
+        ws="websockets-sansio",
+        ws_ping_interval=ws.ping_interval_seconds or None,
+        ws_ping_timeout=ws.ping_timeout_seconds,
+        ws_max_size=ws.max_message_size,
+        ws_per_message_deflate=ws.compression,
+    )
+    _Server(config, app).run()

@@ -16,6 +16,9 @@ from forge.core.schemas import (
     AgentCreate,
     AgentList,
     AgentUpdate,
+    Delivery,
+    DeliveryPage,
+    DeliveryStatus,
     ErrorBody,
     EventPage,
     Health,
@@ -229,12 +232,52 @@ async def agent_events(
         if last_event_id and last_event_id.strip().isdigit():
             start = max(start, min(int(last_event_id.strip()), MAX_SEQ))
         return StreamingResponse(
-            sse_stream(platform.eventlog, platform.bus, agent_id, start),
+            sse_stream(
+                platform.eventlog,
+                platform.bus,
+                agent_id,
+                start,
+                keepalive=platform.settings.sse.keepalive_seconds,
+            ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
     page = await platform.agents.events(agent_id, user_id, after=after, limit=limit)
     return Response(content=page.to_json(), media_type="application/json")
+
+
+DeliveryId = Annotated[
+    str, Path(pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Delivery id (dlv_...).")
+]
+
+
+@router.get("/agents/{agent_id}/deliveries", response_model=DeliveryPage, tags=["webhooks"])
+async def list_deliveries(
+    request: Request,
+    agent_id: AgentId,
+    user_id: UserId = None,
+    status: Annotated[DeliveryStatus | None, Query(description="Only deliveries in it.")] = None,
+    after: Annotated[
+        int, Query(ge=0, le=MAX_SEQ, description="Only deliveries of events with a greater seq.")
+    ] = 0,
+    limit: Annotated[int, Query(ge=1, le=500)] = 100,
+) -> DeliveryPage:
+    """The agent's webhook deliveries in seq order: what was sent where, and what is held."""
+    return await platform_of(request).deliveries.list_deliveries(
+        agent_id, user_id, status=status, after=after, limit=limit
+    )
+
+
+@router.post(
+    "/deliveries/{delivery_id}/redeliver",
+    status_code=202,
+    response_model=Delivery,
+    tags=["webhooks"],
+)
+async def redeliver(request: Request, delivery_id: DeliveryId, user_id: UserId = None) -> Delivery:
+    """Send the delivery again (pending, due now, attempts from 0) and enable its endpoint
+    again, so deliveries held for it follow in order."""
+    return await platform_of(request).deliveries.redeliver(delivery_id, user_id)
 
 
 @health_router.get("/health", response_model=Health, tags=["health"])

@@ -1,13 +1,32 @@
-"""Server-sent events over an agent's log: replay after a `seq`, then live."""
+"""Live streams over an agent's log (SSE and WebSocket): replay after a `seq`, then live.
+
+Both read the log at the client's pace, a page at a time, and keep nothing else per client: a
+client that falls behind costs one page of memory and a position in the log, however far
+behind it is. When the server shuts down (`EventBus.close`) both end after sending what is
+stored, and the client resumes from its last `seq` on the next server.
+"""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
 from collections.abc import AsyncIterator
+
+from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from forge.core.eventlog import EventBus, EventLog, StoredEvent
 
+log = logging.getLogger(__name__)
+
 KEEPALIVE_SECONDS = 15.0
-_PAGE = 500
+PAGE = 500
+
+# WebSocket close codes (4000-4999 are the application's own).
+WS_CLOSE_SERVICE_RESTART = 1012
+WS_CLOSE_TOO_SLOW = 4008
+# How long the close frame of a slow consumer may wait for room in its socket buffer.
+WS_CLOSE_TIMEOUT_SECONDS = 10.0
 
 
 def _frames(events: list[StoredEvent]) -> bytes:
@@ -25,20 +44,119 @@ async def sse_stream(
     *,
     keepalive: float = KEEPALIVE_SECONDS,
 ) -> AsyncIterator[bytes]:
-    """Yield SSE frames for every event with `seq` > `after`, forever (until the client goes).
+    """Yield SSE frames for every event with `seq` > `after` until the client goes or the
+    server shuts down.
 
     Each frame's `id` is the event's `seq`, so a browser's automatic reconnect (or any client
     sending `Last-Event-ID`) resumes exactly after the last event it saw. One chunk carries a
-    whole page of the log, so a fast agent costs one write per page, not one per event.
+    whole page of the log, so a fast agent costs one write per page, not one per event. A
+    comment line is sent after `keepalive` seconds of silence.
     """
     last = after
     yield b"retry: 2000\n: stream of agent events\n\n"
     while True:
-        events = await eventlog.read_stored(agent_id, after=last, limit=_PAGE)
+        events = await eventlog.read_stored(agent_id, after=last, limit=PAGE)
         if events:
             yield _frames(events)
             last = events[-1].seq
-            if len(events) == _PAGE:
+            if len(events) == PAGE:
                 continue
+        if bus.closed:
+            return  # shutting down; the client reconnects with Last-Event-ID
         if not await bus.wait(agent_id, last, timeout=keepalive):
             yield b": keep-alive\n\n"
+
+
+class WebSocketStream:
+    """Sends an agent's events over an accepted WebSocket, one text frame per envelope.
+
+    A frame the client does not take within `send_timeout` seconds (its buffers are full: it
+    stopped reading) ends the stream with close code 4008; the client resumes with
+    `after=<last seq it received>`. Messages from the client are read and ignored, so that a
+    close from its side is noticed at once.
+    """
+
+    def __init__(
+        self,
+        websocket: WebSocket,
+        eventlog: EventLog,
+        bus: EventBus,
+        agent_id: str,
+        *,
+        after: int,
+        send_timeout: float,
+    ) -> None:
+        self._ws = websocket
+        self._eventlog = eventlog
+        self._bus = bus
+        self._agent_id = agent_id
+        self._last = after
+        self._send_timeout = send_timeout
+
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._send_events(), name=f"ws-send:{self._agent_id}")
+        receiver = asyncio.create_task(self._drain_client(), name=f"ws-recv:{self._agent_id}")
+        try:
+            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (sender, receiver):
+                task.cancel()
+            results = await asyncio.gather(sender, receiver, return_exceptions=True)
+        for result in results:
+            if isinstance(result, Exception) and not isinstance(
+                result, WebSocketDisconnect | OSError
+            ):
+                log.error("websocket stream of %s failed", self._agent_id, exc_info=result)
+
+    async def _drain_client(self) -> None:
+        while True:
+            message = await self._ws.receive()
+            if message["type"] == "websocket.disconnect":
+                return
+
+    async def _send_events(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            events = await self._eventlog.read_stored(self._agent_id, after=self._last, limit=PAGE)
+            if events:
+                try:
+                    # One timer for the page, pushed forward after every frame taken.
+                    async with asyncio.timeout(self._send_timeout) as deadline:
+                        for event in events:
+                            await self._ws.send_text(event.body)
+                            self._last = event.seq
+                            deadline.reschedule(loop.time() + self._send_timeout)
+                except TimeoutError:
+                    await self._close_slow_consumer()
+                    return
+                if len(events) == PAGE:
+                    continue
+            if self._bus.closed:
+                await self._close(
+                    WS_CLOSE_SERVICE_RESTART,
+                    f"server restarting; reconnect with after={self._last}",
+                )
+                return
+            await self._bus.wait(self._agent_id, self._last, timeout=KEEPALIVE_SECONDS)
+
+    async def _close_slow_consumer(self) -> None:
+        log.warning(
+            "websocket consumer of %s took over %gs to accept a frame; closing it (code %d) "
+            "after seq %d",
+            self._agent_id,
+            self._send_timeout,
+            WS_CLOSE_TOO_SLOW,
+            self._last,
+        )
+        # The close frame waits behind what the client has not read; if it never reads
+        # again, the connection is dropped when this returns.
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(WS_CLOSE_TIMEOUT_SECONDS):
+                await self._close(
+                    WS_CLOSE_TOO_SLOW,
+                    f"consumer too slow; reconnect with after={self._last}",
+                )
+
+    async def _close(self, code: int, reason: str) -> None:
+        with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError):
+            await self._ws.close(code=code, reason=reason)

@@ -64,6 +64,19 @@ class EventBus:
     def __init__(self) -> None:
         self._signals: dict[str, asyncio.Event] = {}
         self._latest: dict[str, int] = {}
+        self._closed = False
+
+    @property
+    def closed(self) -> bool:
+        """True once the server is shutting down: live streams should end (clients resume)."""
+        return self._closed
+
+    def close(self) -> None:
+        """Wake every waiter and make later waits return at once; streams see `closed`."""
+        self._closed = True
+        for signal in self._signals.values():
+            signal.set()
+        self._signals.clear()
 
     def publish(self, agent_id: str, last_seq: int) -> None:
         self._latest[agent_id] = max(last_seq, self._latest.get(agent_id, 0))
@@ -75,7 +88,10 @@ class EventBus:
         return self._latest.get(agent_id)
 
     async def wait(self, agent_id: str, after_seq: int, timeout: float) -> bool:
-        """Wait until the log of `agent_id` passes `after_seq` (True) or `timeout` ends (False)."""
+        """Wait until the log of `agent_id` passes `after_seq` or the bus closes (True), or
+        `timeout` ends (False)."""
+        if self._closed:
+            return True
         signal = self._signals.setdefault(agent_id, asyncio.Event())
         latest = self._latest.get(agent_id)
         if latest is not None and latest > after_seq:

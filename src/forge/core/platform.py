@@ -8,6 +8,7 @@ import time
 from forge import __version__
 from forge.config import Settings
 from forge.core.agents import AgentService
+from forge.core.deliveries import DeliveryService
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.profiles import ProfileCatalog
 from forge.delivery.dispatcher import WebhookDispatcher
@@ -37,6 +38,9 @@ class Platform:
             worktrees=WorktreeManager(settings.worktree_base),
             profiles=ProfileCatalog(settings),
         )
+        self.deliveries = DeliveryService(
+            self.db, endpoint_changed=self.dispatcher.endpoint_changed
+        )
 
     async def start(self) -> None:
         await self.db.migrate()
@@ -49,7 +53,15 @@ class Platform:
             self.settings.sandbox.runtime,
         )
 
+    def begin_shutdown(self) -> None:
+        """A stop was asked for: live streams end now, so their clients go and resume elsewhere
+        (or after the restart) instead of holding the shutdown up. Idempotent."""
+        if not self.bus.closed:
+            log.info("shutting down: ending live streams; runners keep running")
+        self.bus.close()
+
     async def stop(self) -> None:
+        """Stop background work and write what is known; runners keep running."""
         await self.agents.stop()
         await self.dispatcher.stop()
         await self.db.close()

@@ -31,6 +31,8 @@ PermissionMode = Literal["bypass", "accept_edits", "ask"]
 PermissionDecision = Literal["once", "always", "reject"]
 
 AgentStatus = Literal["provisioning", "ready", "running", "stopped", "failed"]
+DeliveryStatus = Literal["pending", "delivered", "failed", "exhausted"]
+EndpointStatus = Literal["active", "paused", "disabled"]
 RunStatus = Literal["queued", "running", "succeeded", "failed", "interrupted", "timed_out", "error"]
 
 
@@ -285,6 +287,45 @@ class EventPage(BaseModel):
     next_after: int = Field(description="Pass as `after` to get the next page.")
     has_more: bool
     last_seq: int
+
+
+class Delivery(BaseModel):
+    """One event sent, or to be sent, to one webhook endpoint. The secret is never shown."""
+
+    id: str
+    event_id: str = Field(description="Also the `webhook-id` header, the same on every attempt.")
+    agent_id: str
+    request_id: str | None = None
+    seq: int
+    endpoint_url: str
+    status: DeliveryStatus = Field(
+        description="pending: to be sent (or held while its endpoint is paused or disabled); "
+        "delivered: answered 2xx; failed: refused for good (4xx, 410, URL refused); "
+        "exhausted: the retries were used up."
+    )
+    attempts: int
+    last_status_code: int | None = None
+    last_error: str | None = None
+    next_attempt_at: datetime | None = Field(
+        default=None,
+        description="When it is tried next (the end of its endpoint's pause, if later); null "
+        "unless pending, and while its endpoint is disabled.",
+    )
+    created_at: datetime
+    delivered_at: datetime | None = None
+    endpoint_status: EndpointStatus = Field(
+        description="active; paused by the circuit breaker; or disabled (answered 410 Gone) "
+        "until a delivery to it is redelivered."
+    )
+    endpoint_disabled_reason: str | None = None
+
+
+class DeliveryPage(BaseModel):
+    """A page of an agent's webhook deliveries, in `seq` order."""
+
+    deliveries: list[Delivery]
+    has_more: bool
+    next_after: int = Field(description="Pass as `after` to get the next page.")
 
 
 class Health(BaseModel):

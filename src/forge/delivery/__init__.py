@@ -3,6 +3,7 @@
 - `signing`: Standard Webhooks and Go Forge signature headers.
 - `url_guard`: which URLs may be sent to (checked on accepting a URL and before each delivery).
 - `dispatcher`: `WebhookDispatcher`, which sends the `deliveries` outbox in order per stream.
+- `endpoints`: endpoint health: disabled by `410 Gone`, paused by the circuit breaker.
 - `outbox`: the dispatcher's SQL. `retry`: the backoff policy. `transport`: lean HTTP/1.1 for httpx.
 """
 

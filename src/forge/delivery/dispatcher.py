@@ -14,6 +14,13 @@ How it works:
   outcomes are committed, so the scan loop never restarts a stream from a stale head.
 - Requests go through `WebhookTransport` (lean HTTP/1.1), which also applies the URL guard's
   address rule to the addresses it actually connects to.
+- Endpoint health (`endpoints.py`) is kept in memory: an endpoint that answered 410 is disabled,
+  one that keeps failing is paused by its circuit breaker. The heads query leaves out the
+  endpoints the table holds, the scan skips those held in memory, and a worker stops sending
+  when its endpoint becomes held; their deliveries stay pending with their attempts unused.
+  Changes are written by the batched writer with the attempts that caused them; the table is
+  read back at most every second, or at once after `endpoint_changed()`, so an endpoint enabled
+  again by a redelivery (in this process or another) is noticed.
 Delivery is at least once: a delivery sent but not yet recorded when the process dies is sent again
 with the same `webhook-id`, which receivers use to drop duplicates.
 """
@@ -27,6 +34,7 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from urllib.parse import urlsplit
 
@@ -34,12 +42,14 @@ import httpx
 
 from forge.config import WebhookSettings
 from forge.core.errors import InvalidRequest
+from forge.delivery.endpoints import GONE_ERROR, GONE_STATUS_CODE, EndpointHealth
 from forge.delivery.outbox import (
     DELIVERED,
     EXHAUSTED,
     FAILED,
     PENDING,
     AttemptRecord,
+    EndpointRecord,
     Outbox,
     PendingDelivery,
     StreamHead,
@@ -68,6 +78,8 @@ MAX_IDLE_SECONDS = 1.0
 SCAN_BATCH = 1000
 # Deliveries of one stream loaded per query.
 STREAM_BATCH = 100
+# Longest time between two reads of the endpoints' state from the table.
+ENDPOINT_REFRESH_SECONDS = 1.0
 # Shortest time between two scans of the outbox while busy.
 MIN_SCAN_INTERVAL_SECONDS = 0.005
 # How long a URL check (DNS included) is reused for the same URL.
@@ -101,7 +113,8 @@ def new_webhook_client(settings: WebhookSettings) -> httpx.AsyncClient:
 class WebhookDispatcher:
     """Delivers pending rows of the `deliveries` table to their endpoints.
 
-    `start()` begins delivering, `wake()` says new rows were committed, `stop()` ends gracefully.
+    `start()` begins delivering, `wake()` says new rows were committed, `endpoint_changed()` says
+    an endpoint's row was changed (enabled again), `stop()` ends gracefully.
     Pass `client` to share an `httpx.AsyncClient` (its timeout is overridden per attempt); without
     one the dispatcher makes and closes its own.
     """
@@ -138,6 +151,9 @@ class WebhookDispatcher:
         self._writer: _RecordWriter | None = None
         # url -> (monotonic expiry, refusal message or None when allowed)
         self._url_checks: dict[str, tuple[float, str | None]] = {}
+        self._health = EndpointHealth(settings)
+        self._refresh_wanted = True  # read the endpoints' state before the next scan
+        self._last_refresh = -math.inf  # time.monotonic() of the last read
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -151,7 +167,9 @@ class WebhookDispatcher:
         self._stopping = False
         self._ready.clear()
         self._rescan = True
-        self._writer = _RecordWriter(self._outbox)
+        self._health = EndpointHealth(self._settings)  # read afresh from the table
+        self._refresh_wanted = True
+        self._writer = _RecordWriter(self._outbox, on_written=self._health.written)
         self._writer.start()
         self._scan_task = asyncio.create_task(self._scan_loop(), name="webhook-dispatcher")
 
@@ -160,6 +178,12 @@ class WebhookDispatcher:
         self._rescan = True
         self._wakes += 1
         self._wake.set()
+
+    def endpoint_changed(self, url: str) -> None:
+        """An endpoint's row was changed elsewhere (e.g. enabled again by a redelivery): read the
+        endpoints' state and look for due deliveries now."""
+        self._refresh_wanted = True
+        self.wake()
 
     async def stop(self, grace_seconds: float = 5.0) -> None:
         """Stop: attempts under way get `grace_seconds` to finish, then are cancelled.
@@ -239,35 +263,58 @@ class WebhookDispatcher:
         self._ended_during_scan.clear()
         self._next_due = math.inf  # before reading: workers ending meanwhile add theirs
         started = time.monotonic()
+        if self._refresh_wanted or started - self._last_refresh >= ENDPOINT_REFRESH_SECONDS:
+            await self._refresh_endpoints()
         # Heads of busy streams come back too; asking for that many more leaves room for others.
-        heads = await self._outbox.heads(limit=SCAN_BATCH + len(self._streams))
+        heads = await self._outbox.heads(limit=SCAN_BATCH + len(self._streams), now=time.time())
         now = time.time()
         self._ready.clear()
         for head in heads:
             stream = head.delivery.stream
             if stream in self._streams or stream in self._ended_during_scan:
                 continue  # an ended stream wakes the loop, and the next scan reads it afresh
+            if not self._health.can_send(stream[0], stream, now):
+                continue  # held: disabled or paused here, and not yet in the table
             if head.delivery.next_attempt_at > now:
                 self._due_at(head.delivery.next_attempt_at)
                 break
             self._ready.setdefault(stream, head)
+        for pause_ends in self._health.pauses(now):
+            self._due_at(pause_ends)
         self._last_scan = time.monotonic()
         self._scan_cost = self._last_scan - started
+
+    async def _refresh_endpoints(self) -> None:
+        """Adopt the endpoints' state from the table (changed by a redelivery or a replica)."""
+        self._refresh_wanted = False
+        started = time.monotonic()
+        rows = await self._outbox.unhealthy_endpoints()
+        self._last_refresh = started
+        self._health.refreshed(rows, started)
 
     async def _start_ready(self) -> None:
         """Start workers for ready streams while there is room, oldest first."""
         room = self._settings.max_in_flight - self._sending
         chosen: list[StreamHead] = []
+        now = time.time()
         while self._ready and len(chosen) < room:
             stream = next(iter(self._ready))
             head = self._ready.pop(stream)
-            if stream not in self._streams:
+            # A half-open endpoint gets one probe: the first of its streams claims it.
+            if stream not in self._streams and self._health.claim(stream[0], stream, now):
                 chosen.append(head)
         if not chosen:
             return
-        await self._outbox.load_bodies([head.delivery for head in chosen])
-        for head in chosen:
+        try:
+            await self._outbox.load_bodies([head.delivery for head in chosen])
+        except BaseException:
+            for head in chosen:
+                self._health.release(*_url_and_stream(head))
+            raise
+        for index, head in enumerate(chosen):
             if self._stopping:
+                for left in chosen[index:]:
+                    self._health.release(*_url_and_stream(left))
                 break
             stream = head.delivery.stream
             self._sending += 1
@@ -303,6 +350,7 @@ class WebhookDispatcher:
             log.exception("webhook dispatcher: stream to %s failed; trying again", _host(stream[0]))
             await asyncio.sleep(_ERROR_PAUSE_SECONDS)
         finally:
+            self._health.release(stream[0], stream)
             self._streams.pop(stream, None)
             self._ended_during_scan.add(stream)
             self._wake.set()
@@ -313,10 +361,12 @@ class WebhookDispatcher:
         """Send the stream's due deliveries in order.
 
         Returns the future of the last write and, when the stream stopped at a delivery that must
-        wait, when that delivery is due.
+        wait, when that delivery is due. Stops, leaving the rest pending, when the endpoint is
+        disabled or paused meanwhile (the scan loop comes back when it may send again).
         """
         assert self._writer is not None
         stream = head.delivery.stream
+        url = stream[0]
         queue: deque[PendingDelivery] = deque([head.delivery])
         maybe_more = head.pending > 1
         last = (head.delivery.seq, head.delivery.id)
@@ -331,15 +381,30 @@ class WebhookDispatcher:
                 if not queue:
                     break
             delivery = queue[0]
-            if delivery.next_attempt_at > time.time():
+            now = time.time()
+            if delivery.next_attempt_at > now:
                 return written, delivery.next_attempt_at  # the scan loop comes back then
+            if not self._health.claim(url, stream, now):
+                return written, None  # held; the scan loop comes back when it is not
             queue.popleft()
             last = (delivery.seq, delivery.id)
             record = await self._attempt(delivery)
-            written = self._writer.add(record)
+            was_paused = self._is_paused(url)
+            change = self._health.after_attempt(url, record, time.time())
+            written = self._writer.add(record, change)
+            if change is not None:
+                if change.paused_until is not None:
+                    self._due_at(change.paused_until)  # wake for the probe
+                elif was_paused:
+                    self._rescan = True  # the breaker closed: its other streams may go
+                    self._wake.set()
             if record.status == PENDING:
                 return written, record.next_attempt_at
         return written, None
+
+    def _is_paused(self, url: str) -> bool:
+        state = self._health.get(url)
+        return state is not None and state.paused_until is not None
 
     # ---- one attempt -----------------------------------------------------------------------------
 
@@ -385,7 +450,9 @@ class WebhookDispatcher:
             if status_code in RETRY_AFTER_STATUS_CODES:
                 after = parse_retry_after(retry_after, time.time())
             return self._retry(delivery, status_code, error, retry_after=after)
-        if 300 <= status_code < 400:
+        if status_code == GONE_STATUS_CODE:
+            error = GONE_ERROR  # the endpoint is disabled too (`EndpointHealth`)
+        elif 300 <= status_code < 400:
             error = f"HTTP {status_code}: redirects are not followed; use the final URL"
         return self._fail(delivery, status_code, error)
 
@@ -487,11 +554,17 @@ class WebhookDispatcher:
 
 
 class _RecordWriter:
-    """Writes attempt records in batches: whatever piles up during one write goes in the next."""
+    """Writes attempt records, and the endpoint changes they caused, in batches: whatever piles up
+    during one write goes in the next. `on_written` hears of the endpoint changes once their
+    write is over (committed or failed)."""
 
-    def __init__(self, outbox: Outbox) -> None:
+    def __init__(
+        self, outbox: Outbox, *, on_written: Callable[[list[EndpointRecord]], None]
+    ) -> None:
         self._outbox = outbox
+        self._on_written = on_written
         self._records: list[AttemptRecord] = []
+        self._endpoints: list[EndpointRecord] = []
         self._written: asyncio.Future[bool] | None = None
         self._has_work = asyncio.Event()
         self._closing = False
@@ -500,9 +573,14 @@ class _RecordWriter:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="webhook-record-writer")
 
-    def add(self, record: AttemptRecord) -> asyncio.Future[bool]:
-        """Queue `record`; the future becomes True once it is committed, False if that failed."""
+    def add(
+        self, record: AttemptRecord, endpoint: EndpointRecord | None = None
+    ) -> asyncio.Future[bool]:
+        """Queue `record` (and `endpoint`); the future becomes True once it is committed, False if
+        that failed."""
         self._records.append(record)
+        if endpoint is not None:
+            self._endpoints.append(endpoint)
         if self._written is None:
             self._written = asyncio.get_running_loop().create_future()
         self._has_work.set()
@@ -527,18 +605,26 @@ class _RecordWriter:
                 return
 
     async def _write_queued(self) -> None:
-        records, written = self._records, self._written
-        self._records, self._written = [], None
+        records, endpoints, written = self._records, self._endpoints, self._written
+        self._records, self._endpoints, self._written = [], [], None
         if not records or written is None:
             return
         try:
-            await self._outbox.record(records)
+            await self._outbox.record(records, endpoints)
         except Exception:
             # The rows stay pending and are sent again: at least once, never lost.
             log.exception("webhook dispatcher: recording %d attempts failed", len(records))
             written.set_result(False)
         else:
             written.set_result(True)
+        finally:
+            if endpoints:
+                self._on_written(endpoints)
+
+
+def _url_and_stream(head: StreamHead) -> tuple[str, StreamKey]:
+    stream = head.delivery.stream
+    return stream[0], stream
 
 
 def _host(url: str) -> str:

@@ -3,6 +3,10 @@
 A stream is one (endpoint_url, agent_id) pair; its deliveries go in `seq` order, so only the
 lowest pending delivery of each stream (its head) can be due. All reads here are batched: one query
 finds the heads of many streams, one query loads the next deliveries of one stream.
+
+The health of endpoints (`webhook_endpoints`: disabled, or paused by the circuit breaker) is read
+and written here too: the heads query leaves out the streams of held endpoints, and endpoint
+changes are written in the same transaction as the attempts that caused them.
 """
 
 from __future__ import annotations
@@ -12,18 +16,23 @@ from datetime import datetime
 from typing import Any, cast
 
 from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 
 from forge.store.db import Database
-from forge.store.tables import DeliveryRow, EventRow
+from forge.store.tables import DeliveryRow, EventRow, WebhookEndpointRow, utcnow
 
 PENDING = "pending"
 DELIVERED = "delivered"
 FAILED = "failed"
 EXHAUSTED = "exhausted"
+# Endpoint statuses (`webhook_endpoints.status`).
+ENDPOINT_ACTIVE = "active"
+ENDPOINT_DISABLED = "disabled"
 
 StreamKey = tuple[str, str]  # (endpoint_url, agent_id)
 
 _deliveries = cast(Table, DeliveryRow.__table__)
+_endpoints = cast(Table, WebhookEndpointRow.__table__)
 
 
 @dataclass(slots=True)
@@ -64,6 +73,18 @@ class AttemptRecord:
     last_status_code: int | None
     last_error: str | None
     delivered_at: datetime | None = None
+
+
+@dataclass(slots=True, frozen=True)
+class EndpointRecord:
+    """The state of one endpoint as written to (or read from) `webhook_endpoints`."""
+
+    url: str
+    status: str
+    disabled_reason: str | None
+    disabled_at: datetime | None
+    consecutive_failures: int
+    paused_until: float | None
 
 
 _DELIVERY_COLUMNS = (
@@ -111,9 +132,17 @@ class Outbox:
 
     def __init__(self, db: Database) -> None:
         self._db = db
+        self._upsert_endpoints = _upsert_endpoints(db.is_sqlite)
 
-    async def heads(self, limit: int) -> list[StreamHead]:
-        """Up to `limit` stream heads, earliest `next_attempt_at` first (due or not)."""
+    async def heads(self, limit: int, now: float) -> list[StreamHead]:
+        """Up to `limit` stream heads, earliest `next_attempt_at` first (due or not), leaving out
+        endpoints the table says are disabled or paused at `now` (their rows wait)."""
+        held = select(WebhookEndpointRow.url).where(
+            or_(
+                WebhookEndpointRow.status == ENDPOINT_DISABLED,
+                WebhookEndpointRow.paused_until > now,
+            )
+        )
         groups = (
             select(
                 DeliveryRow.endpoint_url,
@@ -121,7 +150,7 @@ class Outbox:
                 func.min(DeliveryRow.seq).label("head_seq"),
                 func.count().label("pending"),
             )
-            .where(DeliveryRow.status == PENDING)
+            .where(DeliveryRow.status == PENDING, DeliveryRow.endpoint_url.not_in(held))
             .group_by(DeliveryRow.endpoint_url, DeliveryRow.agent_id)
             .subquery()
         )
@@ -181,9 +210,35 @@ class Outbox:
             rows = (await session.execute(stmt)).all()
         return [_delivery(row, row.body) for row in rows]
 
-    async def record(self, records: list[AttemptRecord]) -> None:
-        """Write the outcome of many attempts in one short transaction."""
-        if not records:
+    async def unhealthy_endpoints(self) -> list[EndpointRecord]:
+        """Every endpoint the table says is disabled, paused or failing (a few, normally)."""
+        stmt = select(WebhookEndpointRow).where(
+            or_(
+                WebhookEndpointRow.status != ENDPOINT_ACTIVE,
+                WebhookEndpointRow.paused_until.is_not(None),
+                WebhookEndpointRow.consecutive_failures > 0,
+            )
+        )
+        async with self._db.read() as session:
+            rows = (await session.scalars(stmt)).all()
+        return [
+            EndpointRecord(
+                url=row.url,
+                status=row.status,
+                disabled_reason=row.disabled_reason,
+                disabled_at=row.disabled_at,
+                consecutive_failures=row.consecutive_failures,
+                paused_until=row.paused_until,
+            )
+            for row in rows
+        ]
+
+    async def record(
+        self, records: list[AttemptRecord], endpoints: list[EndpointRecord] | None = None
+    ) -> None:
+        """Write the outcome of many attempts, and the endpoint changes they caused, in one
+        short transaction."""
+        if not records and not endpoints:
             return
         params = [
             {
@@ -198,4 +253,32 @@ class Outbox:
             for r in records
         ]
         async with self._db.write() as session:
-            await session.execute(_RECORD_ATTEMPT, params)
+            if params:
+                await session.execute(_RECORD_ATTEMPT, params)
+            if endpoints:
+                # The latest state of each endpoint is enough.
+                latest = {e.url: e for e in endpoints}
+                await session.execute(self._upsert_endpoints, [_values(e) for e in latest.values()])
+
+
+def _upsert_endpoints(is_sqlite: bool) -> Any:
+    """INSERT ... ON CONFLICT (url) DO UPDATE, in the dialect's own syntax."""
+    insert = sqlite.insert if is_sqlite else postgresql.insert
+    stmt = insert(_endpoints)
+    columns = [c.name for c in _endpoints.columns if c.name != "url"]
+    return stmt.on_conflict_do_update(
+        index_elements=[_endpoints.c.url],
+        set_={name: stmt.excluded[name] for name in columns},
+    )
+
+
+def _values(endpoint: EndpointRecord) -> dict[str, Any]:
+    return {
+        "url": endpoint.url,
+        "status": endpoint.status,
+        "disabled_reason": endpoint.disabled_reason,
+        "disabled_at": endpoint.disabled_at,
+        "consecutive_failures": endpoint.consecutive_failures,
+        "paused_until": endpoint.paused_until,
+        "updated_at": utcnow(),
+    }

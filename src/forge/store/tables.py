@@ -160,6 +160,25 @@ class DeliveryRow(Base):
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
+class WebhookEndpointRow(Base):
+    """The health of one webhook URL, across all its agents: disabled (410 Gone) or paused by the
+    circuit breaker. A row is made on the endpoint's first failure; no row means healthy."""
+
+    __tablename__ = "webhook_endpoints"
+
+    url: Mapped[str] = mapped_column(Text, primary_key=True)
+    # active | disabled (answered 410 Gone; its deliveries wait for a redelivery to enable it)
+    status: Mapped[str] = mapped_column(String(16), default="active")
+    disabled_reason: Mapped[str | None] = mapped_column(Text)
+    disabled_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Retryable failures in a row; the circuit breaker opens at `circuit_failure_threshold`.
+    consecutive_failures: Mapped[int] = mapped_column(Integer, default=0)
+    # Seconds since the epoch until which nothing is sent (the breaker is open); once past, one
+    # probe is sent. None: the breaker is closed.
+    paused_until: Mapped[float | None] = mapped_column(Float)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
 class AttachmentRow(Base):
     """A file sent with a message, kept until its run is dispatched (and after, for the record)."""
 

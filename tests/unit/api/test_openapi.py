@@ -17,6 +17,8 @@ def test_openapi_lists_the_routes_and_their_errors(tmp_path: Path) -> None:
         "/api/v1/agents/{agent_id}/messages": {"post"},
         "/api/v1/agents/{agent_id}/interrupt": {"post"},
         "/api/v1/agents/{agent_id}/events": {"get"},
+        "/api/v1/agents/{agent_id}/deliveries": {"get"},
+        "/api/v1/deliveries/{delivery_id}/redeliver": {"post"},
         "/health": {"get"},
         "/healthz": {"get"},
         "/readyz": {"get"},

@@ -177,22 +177,37 @@ async def test_retry_after_is_honoured(
     assert http_date.requests[1].at - http_date.requests[0].at >= 0.45
 
 
-async def test_redirects_and_gone_fail_at_once(
+async def test_redirects_fail_at_once_and_gone_disables_the_endpoint(
     db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
 ) -> None:
     moved = await receivers(lambda _request: (301, {"Location": "http://169.254.169.254/"}))
     gone = await receivers(lambda _request: 410)
-    moved_ids = await add_deliveries(db, moved.url, 1)
-    gone_ids = await add_deliveries(db, gone.url, 1)
+    moved_ids = await add_deliveries(db, moved.url, 2)
+    gone_ids = await add_deliveries(db, gone.url, 2)
     await dispatchers(db, fast_settings())
 
-    await wait_until(lambda: _statuses(db, deliveries_by_event, {"failed"}))
+    async def settled() -> bool:
+        rows = await deliveries_by_event(db)
+        return [rows[e].status for e in moved_ids + gone_ids] == [
+            "failed",
+            "failed",
+            "failed",
+            "pending",
+        ]
+
+    await wait_until(settled)
+    await asyncio.sleep(0.2)  # longer than the retry schedule: the held one stays held
     rows = await deliveries_by_event(db)
     assert rows[moved_ids[0]].last_error == (
         "HTTP 301: redirects are not followed; use the final URL"
     )
     assert rows[gone_ids[0]].last_status_code == 410
-    assert len(moved.requests) == len(gone.requests) == 1
+    assert rows[gone_ids[0]].last_error == (
+        "HTTP 410 Gone: endpoint disabled; redeliver a delivery to enable it again"
+    )
+    # The rest of the endpoint's deliveries wait for it to be enabled again, attempts unused.
+    assert rows[gone_ids[1]].status == "pending" and rows[gone_ids[1]].attempts == 0
+    assert len(moved.requests) == 2 and len(gone.requests) == 1
 
 
 async def test_retry_after_is_capped(

@@ -1,0 +1,411 @@
+"""Endpoint health in the dispatcher: 410 disables an endpoint, the circuit breaker pauses one,
+and an endpoint enabled again in the table (by a redelivery, here or in another process) is
+noticed. Real SQLite, real HTTP receivers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+
+import pytest
+from sqlalchemy import select, update
+
+from forge.config import WebhookSettings
+from forge.core.deliveries import DeliveryService
+from forge.delivery.endpoints import EndpointHealth
+from forge.delivery.outbox import AttemptRecord
+from forge.store.db import Database
+from forge.store.tables import DeliveryRow, WebhookEndpointRow
+
+GONE_ERROR = "HTTP 410 Gone: endpoint disabled; redeliver a delivery to enable it again"
+
+
+async def endpoint_row(db: Database, url: str) -> WebhookEndpointRow | None:
+    async with db.read() as session:
+        return await session.get(WebhookEndpointRow, url)
+
+
+def seqs_by_agent(receiver) -> dict[str, list[int]]:
+    by_agent: dict[str, list[int]] = collections.defaultdict(list)
+    for item in receiver.received_json():
+        by_agent[str(item["agent_id"])].append(int(item["seq"]))
+    return dict(by_agent)
+
+
+async def test_gone_disables_the_endpoint_holds_the_rest_and_redeliver_enables_it(
+    db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
+) -> None:
+    answer = {"status": 410}
+    gone = await receivers(lambda _request: answer["status"])
+    other = await receivers()
+    agent_a, agent_b = "ag_" + "a" * 26, "ag_" + "b" * 26
+    a_ids = await add_deliveries(db, gone.url, 3, agent_id=agent_a)
+    await add_deliveries(db, other.url, 5)
+    dispatcher = await dispatchers(db, fast_settings())
+
+    async def disabled() -> bool:
+        row = await endpoint_row(db, gone.url)
+        return row is not None and row.status == "disabled"
+
+    await wait_until(disabled)
+    # Another agent's deliveries to the same URL come later: held too, not attempted.
+    b_ids = await add_deliveries(db, gone.url, 2, agent_id=agent_b)
+    dispatcher.wake()
+    await wait_until(lambda: len(other.requests) == 5)  # other endpoints keep going
+    await asyncio.sleep(0.3)  # six times the retry schedule
+
+    assert len(gone.requests) == 1
+    rows = await deliveries_by_event(db)
+    first = rows[a_ids[0]]
+    assert (first.status, first.attempts, first.last_status_code) == ("failed", 1, 410)
+    assert first.last_error == GONE_ERROR
+    for event_id in a_ids[1:] + b_ids:
+        assert (rows[event_id].status, rows[event_id].attempts) == ("pending", 0)
+    endpoint = await endpoint_row(db, gone.url)
+    assert endpoint is not None and endpoint.disabled_at is not None
+    assert endpoint.disabled_reason == "the endpoint answered HTTP 410 Gone"
+
+    # The endpoint is back; redelivering the failed delivery enables it again.
+    answer["status"] = 200
+    service = DeliveryService(db, endpoint_changed=dispatcher.endpoint_changed)
+    redelivered = await service.redeliver(first.id, "owner")
+    assert (redelivered.status, redelivered.attempts) == ("pending", 0)
+    assert redelivered.endpoint_status == "active"
+
+    await wait_until(lambda: len(gone.requests) == 6, within=2)
+    assert seqs_by_agent(gone) == {agent_a: [1, 1, 2, 3], agent_b: [1, 2]}
+    # The same event again, with the same webhook-id.
+    a_requests = [r for r in gone.requests if r.json()["agent_id"] == agent_a]
+    assert [r.headers["webhook-id"] for r in a_requests] == [a_ids[0], *a_ids]
+
+    async def all_delivered() -> bool:
+        rows = await deliveries_by_event(db)
+        return {row.status for row in rows.values()} == {"delivered"}
+
+    await wait_until(all_delivered)
+    endpoint = await endpoint_row(db, gone.url)
+    assert endpoint is not None
+    assert (endpoint.status, endpoint.disabled_reason, endpoint.consecutive_failures) == (
+        "active",
+        None,
+        0,
+    )
+
+
+async def test_an_endpoint_enabled_in_the_table_by_another_process_is_noticed(
+    db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
+) -> None:
+    answer = {"status": 410}
+    receiver = await receivers(lambda _request: answer["status"])
+    event_ids = await add_deliveries(db, receiver.url, 3)
+    first = await dispatchers(db, fast_settings())
+
+    async def disabled() -> bool:
+        row = await endpoint_row(db, receiver.url)
+        return row is not None and row.status == "disabled"
+
+    await wait_until(disabled)
+    await first.stop(grace_seconds=0.1)
+
+    # A restarted dispatcher reads the endpoint's state: still disabled, nothing is sent.
+    second = await dispatchers(db, fast_settings())
+    await asyncio.sleep(0.3)
+    assert len(receiver.requests) == 1
+
+    # Another process (its own database handle, no call to this dispatcher) enables it again.
+    answer["status"] = 200
+    other = Database(db.url)
+    try:
+        await DeliveryService(other, endpoint_changed=lambda _url: None).redeliver(
+            (await deliveries_by_event(db))[event_ids[0]].id, None
+        )
+    finally:
+        await other.close()
+    enabled_at = time.monotonic()
+
+    await wait_until(lambda: len(receiver.requests) == 4, within=3)
+    assert receiver.requests[1].at - enabled_at < 2.0  # the table is read at least every second
+    assert [int(r.json()["seq"]) for r in receiver.requests] == [1, 1, 2, 3]
+    assert second is not first
+
+
+async def test_the_breaker_opens_holds_without_using_attempts_and_a_probe_closes_it(
+    db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
+) -> None:
+    state = {"healthy": False, "first_healthy": 0, "probing": False, "probe_overlap": 0}
+    arrivals: list[float] = []
+
+    async def respond(_request) -> int:
+        arrivals.append(time.time())
+        if state["probing"]:
+            state["probe_overlap"] += 1
+        if not state["healthy"]:
+            return 503
+        if len(arrivals) == state["first_healthy"]:
+            state["probing"] = True
+            await asyncio.sleep(0.2)  # a slow probe: nothing else is sent meanwhile
+            state["probing"] = False
+        return 200
+
+    receiver = await receivers(respond)
+    agents = [f"ag_{i}" + "c" * 25 for i in range(3)]
+    for agent in agents:
+        await add_deliveries(db, receiver.url, 3, agent_id=agent)
+    settings = fast_settings(
+        retry_schedule_seconds=[0.01] * 20,
+        circuit_failure_threshold=3,
+        circuit_open_seconds=0.4,
+        circuit_max_open_seconds=5,
+    )
+    await dispatchers(db, settings)
+
+    async def opened(failures: int) -> bool:
+        row = await endpoint_row(db, receiver.url)
+        return row is not None and row.consecutive_failures >= failures and bool(row.paused_until)
+
+    await wait_until(lambda: opened(3))
+    row = await endpoint_row(db, receiver.url)
+    assert row is not None and row.paused_until is not None
+    first_pause_end = row.paused_until
+    sent_before_pause = len(arrivals)
+
+    # The probe after the pause fails: paused again, for twice as long.
+    await wait_until(lambda: opened(4), within=3)
+    row = await endpoint_row(db, receiver.url)
+    assert row is not None and row.paused_until is not None
+    assert len(arrivals) == sent_before_pause + 1  # one probe, nothing during the pause
+    probe_at = arrivals[-1]
+    assert probe_at >= first_pause_end - 0.01
+    assert 0.8 <= row.paused_until - probe_at < 1.3  # twice circuit_open_seconds
+
+    # Held deliveries kept their attempts: each attempt in the table was a request received.
+    rows = await deliveries_by_event(db)
+    assert sum(r.attempts for r in rows.values()) == len(arrivals)
+    assert {r.status for r in rows.values()} == {"pending"}
+
+    state["first_healthy"] = len(arrivals) + 1
+    state["healthy"] = True
+
+    async def all_delivered() -> bool:
+        rows = await deliveries_by_event(db)
+        return {row.status for row in rows.values()} == {"delivered"}
+
+    await wait_until(all_delivered, within=5)
+    assert min(arrivals[state["first_healthy"] - 1 :]) >= row.paused_until - 0.01
+    assert state["probe_overlap"] == 0
+    by_agent = seqs_by_agent(receiver)
+    for agent in agents:
+        firsts = list(dict.fromkeys(by_agent[agent]))
+        assert firsts == [1, 2, 3]  # in order, whatever was retried
+    row = await endpoint_row(db, receiver.url)
+    assert row is not None
+    assert (row.consecutive_failures, row.paused_until, row.status) == (0, None, "active")
+
+
+async def test_with_the_breaker_off_failures_only_follow_the_retry_schedule(
+    db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
+) -> None:
+    receiver = await receivers(lambda _request: 503)
+    await add_deliveries(db, receiver.url, 1)
+    settings = fast_settings(retry_schedule_seconds=[0.01] * 8, circuit_failure_threshold=0)
+    await dispatchers(db, settings)
+
+    async def exhausted() -> bool:
+        rows = await deliveries_by_event(db)
+        return {row.status for row in rows.values()} == {"exhausted"}
+
+    await wait_until(exhausted)
+    assert len(receiver.requests) == 9
+    assert await endpoint_row(db, receiver.url) is None
+
+
+async def test_a_success_on_another_stream_resets_the_failure_count(
+    db, receivers, add_deliveries, dispatchers, fast_settings, wait_until
+) -> None:
+    bad_agent = "ag_" + "d" * 26
+
+    def respond(request) -> int:
+        return 503 if request.json()["agent_id"] == bad_agent else 200
+
+    receiver = await receivers(respond)
+    await add_deliveries(db, receiver.url, 1, agent_id=bad_agent)
+    settings = fast_settings(retry_schedule_seconds=[0.05] * 4, circuit_failure_threshold=3)
+    dispatcher = await dispatchers(db, settings)
+
+    async def failures(n: int) -> bool:
+        row = await endpoint_row(db, receiver.url)
+        return row is not None and row.consecutive_failures == n
+
+    await wait_until(lambda: failures(2))
+    await add_deliveries(db, receiver.url, 1)  # another agent, answered 200
+    dispatcher.wake()
+    await wait_until(lambda: failures(0), within=2)
+
+
+async def test_paused_endpoints_hold_only_themselves(
+    db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
+) -> None:
+    failing = await receivers(lambda _request: 500)
+    healthy = await receivers()
+    await add_deliveries(db, failing.url, 5)
+    settings = fast_settings(
+        retry_schedule_seconds=[0.01] * 20,
+        circuit_failure_threshold=2,
+        circuit_open_seconds=30,
+        circuit_max_open_seconds=30,
+    )
+    dispatcher = await dispatchers(db, settings)
+
+    async def paused() -> bool:
+        row = await endpoint_row(db, failing.url)
+        return row is not None and row.paused_until is not None
+
+    await wait_until(paused)
+    await add_deliveries(db, healthy.url, 20)
+    dispatcher.wake()
+    await wait_until(lambda: len(healthy.requests) == 20, within=2)
+    assert len(failing.requests) == 2
+    rows = await deliveries_by_event(db)
+    assert sorted(r.attempts for r in rows.values() if r.endpoint_url == failing.url) == [
+        0,
+        0,
+        0,
+        0,
+        2,
+    ]
+
+
+async def test_redeliver_ends_a_pause(
+    db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
+) -> None:
+    answer = {"status": 500}
+    receiver = await receivers(lambda _request: answer["status"])
+    event_ids = await add_deliveries(db, receiver.url, 3)
+    settings = fast_settings(
+        retry_schedule_seconds=[0.01] * 20,
+        circuit_failure_threshold=2,
+        circuit_open_seconds=60,
+        circuit_max_open_seconds=60,
+    )
+    dispatcher = await dispatchers(db, settings)
+
+    async def paused() -> bool:
+        row = await endpoint_row(db, receiver.url)
+        return row is not None and row.paused_until is not None
+
+    await wait_until(paused)
+    answer["status"] = 200
+    async with db.read() as session:
+        delivery_id = await session.scalar(
+            select(DeliveryRow.id).where(DeliveryRow.event_id == event_ids[0])
+        )
+    assert delivery_id is not None
+    service = DeliveryService(db, endpoint_changed=dispatcher.endpoint_changed)
+    await service.redeliver(delivery_id, None)
+    await wait_until(lambda: len(receiver.requests) == 5, within=2)
+    assert [int(r.json()["seq"]) for r in receiver.requests] == [1, 1, 1, 2, 3]
+
+    async def all_delivered() -> bool:
+        rows = await deliveries_by_event(db)
+        return {row.status for row in rows.values()} == {"delivered"}
+
+    await wait_until(all_delivered)
+    rows = await deliveries_by_event(db)
+    assert rows[event_ids[0]].attempts == 1  # counted again from 0
+
+
+def test_a_table_read_older_than_a_change_made_here_does_not_undo_it() -> None:
+    health = EndpointHealth(WebhookSettings(circuit_failure_threshold=2))
+    url, stream = "https://example.com/hook", ("https://example.com/hook", "ag_1")
+    now = time.time()
+    gone = AttemptRecord("dlv_1", "failed", 1, now, 410, "HTTP 410")
+    read_before_the_write = time.monotonic()
+    change = health.after_attempt(url, gone, now)
+    assert change is not None and change.status == "disabled"
+    assert not health.can_send(url, stream, now)
+
+    # A read that began before the change was committed does not know of it: ignored.
+    health.refreshed([], read_before_the_write)
+    assert not health.can_send(url, stream, now)
+    health.written([change])
+    health.refreshed([], read_before_the_write)
+    assert not health.can_send(url, stream, now)
+
+    # A read after the commit that finds the endpoint healthy: enabled again elsewhere.
+    assert health.refreshed([], time.monotonic()) is True
+    assert health.can_send(url, stream, now) and health.get(url) is None
+
+
+def test_the_breaker_in_memory_pauses_doubles_and_lets_one_probe_through() -> None:
+    settings = WebhookSettings(
+        circuit_failure_threshold=2, circuit_open_seconds=10, circuit_max_open_seconds=25
+    )
+    health = EndpointHealth(settings)
+    url = "https://example.com/hook"
+    a, b = (url, "ag_a"), (url, "ag_b")
+    failed = AttemptRecord("dlv_1", "pending", 1, 0.0, 503, "HTTP 503")
+    delivered = AttemptRecord("dlv_1", "delivered", 2, 0.0, 200, None)
+
+    assert health.after_attempt(url, failed, 1000.0) is not None
+    assert health.can_send(url, a, 1000.0)  # one failure: still closed
+    change = health.after_attempt(url, failed, 1000.0)
+    assert change is not None and change.paused_until == 1010.0
+    assert not health.can_send(url, a, 1009.0)
+    assert health.after_attempt(url, failed, 1005.0) is None  # begun before the pause
+    assert health.pauses(1005.0) == [1010.0]
+
+    # Half-open: the first stream to claim it probes, the others wait.
+    assert health.claim(url, a, 1010.0) and not health.claim(url, b, 1010.0)
+    change = health.after_attempt(url, failed, 1011.0)  # the probe failed: twice as long
+    assert change is not None and change.paused_until == 1031.0
+    assert health.claim(url, b, 1031.0)
+    change = health.after_attempt(url, failed, 1031.0)  # capped at circuit_max_open_seconds
+    assert change is not None and change.paused_until == 1056.0
+    assert health.claim(url, a, 1056.0)
+    health.release(url, a)  # gave up its turn: another stream may probe
+    assert health.claim(url, b, 1056.0)
+    change = health.after_attempt(url, delivered, 1056.5)
+    assert change is not None
+    assert (change.consecutive_failures, change.paused_until) == (0, None)
+    assert health.can_send(url, a, 1056.5) and health.can_send(url, b, 1056.5)
+
+
+async def test_an_enable_in_the_table_reaches_a_dispatcher_woken_for_it(
+    db, receivers, add_deliveries, dispatchers, fast_settings, wait_until
+) -> None:
+    answer = {"status": 410}
+    receiver = await receivers(lambda _request: answer["status"])
+    await add_deliveries(db, receiver.url, 2)
+    dispatcher = await dispatchers(db, fast_settings())
+
+    async def disabled() -> bool:
+        row = await endpoint_row(db, receiver.url)
+        return row is not None and row.status == "disabled"
+
+    await wait_until(disabled)
+    await asyncio.sleep(0.05)
+    answer["status"] = 200
+    async with db.write() as session:
+        await session.execute(
+            update(WebhookEndpointRow)
+            .where(WebhookEndpointRow.url == receiver.url)
+            .values(status="active", disabled_reason=None, disabled_at=None)
+        )
+    woken_at = time.monotonic()
+    dispatcher.endpoint_changed(receiver.url)
+    await wait_until(lambda: len(receiver.requests) == 2, within=1)
+    assert receiver.requests[1].at - woken_at < 0.5  # not the once-a-second read
+
+
+def test_circuit_settings_are_validated() -> None:
+    assert WebhookSettings().circuit_failure_threshold == 5
+    assert WebhookSettings().circuit_open_seconds == 30
+    assert WebhookSettings().circuit_max_open_seconds == 600
+    assert WebhookSettings().retry_schedule_seconds == [5, 300, 1800, 7200, 18000, 36000, 36000]
+    with pytest.raises(ValueError, match="circuit_max_open_seconds"):
+        WebhookSettings(circuit_open_seconds=60, circuit_max_open_seconds=30)
+    with pytest.raises(ValueError):
+        WebhookSettings(circuit_failure_threshold=-1)
+    with pytest.raises(ValueError):
+        WebhookSettings(circuit_open_seconds=0)
