@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tests.integration.conftest import ForgeServer, Received, WebhookReceiver
+from tests.support.streams import StreamFollower
 
 pytestmark = pytest.mark.integration
 
@@ -154,3 +155,64 @@ def test_platform_crash_mid_run_loses_nothing(forge_server: Any, receiver: Webho
         if seq not in first_seen:
             first_seen.append(seq)
     assert first_seen == [e["seq"] for e in events]
+
+
+STEADY = """
+[profiles.steady]
+executor = "command"
+command = "for i in $(seq 1 60); do echo tick $i; sleep 0.1; done"
+"""
+
+
+def test_repeated_platform_crashes_lose_nothing(
+    forge_server: Any, receiver: WebhookReceiver
+) -> None:
+    """SIGKILL the platform three times during one run that emits steadily, restarting it each
+    time: the log, the webhook receiver and a WebSocket client that resumes with `after=` all
+    end with every event, in order."""
+    server: ForgeServer = forge_server(STEADY)
+    agent_id = server.create_agent(profile="steady")["id"]
+    follower = StreamFollower(server.base_url, agent_id).start()
+    reply = server.http.post(
+        f"/api/v1/agents/{agent_id}/messages",
+        json={"content": "go", "webhook_url": receiver.url, "webhook_secret": "s3cret"},
+    )
+    request_id = reply.json()["request_id"]
+
+    for crash in range(3):
+        # Let the run get further each time, then kill the platform mid-stream.
+        target = 5 + 12 * crash
+        deadline = time.monotonic() + 30
+        while len(so_far := server.history(agent_id)) < target:
+            assert time.monotonic() < deadline, f"the run stalled before crash {crash + 1}"
+            time.sleep(0.05)
+        assert not any(e["is_final"] for e in so_far), "the run ended before the crash"
+        server.stop(signal.SIGKILL)
+        time.sleep(0.7)  # the runner keeps working while nobody listens
+        server.start()
+
+    events = server.wait_final(agent_id, request_id, timeout=60)
+    follower.wait_for_final(request_id)
+    follower.stop()
+    n = len(events)
+    assert [e["seq"] for e in events] == list(range(1, n + 1))
+    ticks = [e["entry"]["text"] for e in events if e["event_type"] == "agent.event"]
+    assert ticks == [f"tick {i}" for i in range(1, 61)]
+    assert [e["is_final"] for e in events].count(True) == 1 and events[-1]["is_final"]
+    assert events[-1]["outcome"] == "succeeded"
+
+    # The WebSocket client reconnected (after each crash it caught the server up) and saw
+    # each event exactly once.
+    assert follower.connects >= 2
+    assert follower.seqs == list(range(1, n + 1))
+
+    # The webhook receiver has every seq; a repeat is only a retry of the same message.
+    receiver.wait_for(lambda reqs: {r.json["seq"] for r in reqs} == set(range(1, n + 1)))
+    event_ids = {e["seq"]: e["event_id"] for e in events}
+    for request in receiver.requests:
+        assert request.headers["webhook-id"] == event_ids[request.json["seq"]]
+    first_seen: list[int] = []
+    for request in receiver.requests:
+        if request.json["seq"] not in first_seen:
+            first_seen.append(request.json["seq"])
+    assert first_seen == list(range(1, n + 1))
