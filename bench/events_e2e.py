@@ -1,10 +1,12 @@
-"""Events end to end: runner -> event log -> live SSE subscriber, on a real `forge serve`.
+"""Events end to end: runner -> event log -> live subscriber (WebSocket or SSE), on a real
+`forge serve`.
 
-    .venv/bin/python bench/events_e2e.py [--events 50000] [--rate 1000] [--seconds 5] \
-        [--mode both|flood|paced] [--py-spy FILE]
+    .venv/bin/python bench/events_e2e.py [--transport ws|sse] [--events 50000] [--rate 1000] \
+        [--seconds 5] [--mode both|flood|paced] [--py-spy FILE]
 
-Two runs on one server, each on its own agent, each watched by a subscriber that opened
-`GET /api/v1/agents/{id}/events` (`Accept: text/event-stream`) before the message was sent:
+Two runs on one server, each on its own agent, each watched by a subscriber that subscribed
+before the message was sent: `WS /api/v1/agents/{id}/stream` (the default, one envelope per
+frame) or `GET /api/v1/agents/{id}/events` with `Accept: text/event-stream` (`--transport sse`).
 
 - flood: the command prints `--events` lines as fast as it can; the subscriber counts events
   and reports events/s from the first to the final event it saw.
@@ -12,11 +14,10 @@ Two runs on one server, each on its own agent, each watched by a subscriber that
   carrying the wall-clock time it was printed; the subscriber reports the latency (receive
   time - print time) as p50/p99/max.
 
-Prints a table and writes bench/results/events_e2e.json; `--py-spy FILE` also records the
-server and its runner with py-spy (collapsed stacks). The server and every runner it
-started are killed at the end (runners live in their own sessions, so they are found by the
-temporary data directory on their command line).
-"""
+Prints a table and writes bench/results/events_e2e.json (events_e2e_sse.json for SSE);
+`--py-spy FILE` also records the server and its runner with py-spy (collapsed stacks). The
+server and every runner it started are killed at the end (runners live in their own sessions,
+so they are found by the temporary data directory on their command line)."""
 
 from __future__ import annotations
 
@@ -40,10 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from websockets.sync.client import connect as ws_connect
 
 from forge.sandbox.local import short_socket_dir
 
-RESULTS = Path(__file__).parent / "results" / "events_e2e.json"
+RESULTS_DIR = Path(__file__).parent / "results"
 FORGE_SERVE = [sys.executable, "-m", "forge", "serve"]
 
 # The flood: `n` assistant-message lines, written in large blocks.
@@ -244,27 +246,45 @@ class Subscriber:
             self.ready.set()  # the preamble: the subscription is live
             return False
         id_line, event_line, data_line = frame.split(b"\n", 2)
-        seq = int(id_line[4:])
+        return self._event(int(id_line[4:]), event_line[7:].decode(), data_line[6:], now)
+
+    def _event(self, seq: int, event_type: str, data: bytes | str, now: float) -> bool:
+        """Account one event; True once the run's final event is in."""
         if seq != self.last_seq + 1:
             self.gaps += 1
         self.last_seq = seq
         self.count += 1
         if self.count == 1:
             self.first_at = now
-        event_type = event_line[7:]
-        if self.parse_data and event_type == b"agent.event":
-            envelope = json.loads(data_line[6:])
+        if self.parse_data and event_type == "agent.event":
+            envelope = json.loads(data)
             raw = envelope["event"]
             if isinstance(raw, dict) and "t" in raw:
                 self.latencies_ms.append((now - raw["t"]) * 1000)
                 # The runner stamps each message (to the millisecond) as it makes it.
                 stamped = datetime.fromisoformat(envelope["timestamp"]).timestamp()
                 self.runner_latencies_ms.append((stamped - raw["t"]) * 1000)
-        if event_type in (b"agent.complete", b"agent.error"):
+        if event_type in ("agent.complete", "agent.error"):
             self.final_at = now
-            self.final_type = event_type.decode()
+            self.final_type = event_type
             return True
         return False
+
+
+@dataclass
+class WsSubscriber(Subscriber):
+    """A live WebSocket subscriber (`WS /api/v1/agents/{id}/stream`): one envelope a frame."""
+
+    def _read(self) -> None:
+        url = self.base_url.replace("http://", "ws://")
+        with ws_connect(f"{url}/api/v1/agents/{self.agent_id}/stream", max_size=None) as ws:
+            self.ready.set()  # accepted: the server streams from the log from here on
+            for frame in ws:
+                now = time.time()
+                self.chunks += 1
+                head = json.loads(frame)
+                if self._event(head["seq"], head["event_type"], frame, now):
+                    return
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -273,12 +293,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_mode(server: Server, profile: str, *, parse_data: bool, timeout: float) -> Subscriber:
+def run_mode(
+    server: Server, profile: str, *, transport: str, parse_data: bool, timeout: float
+) -> Subscriber:
     agent_id = server.create_agent(profile)
-    subscriber = Subscriber(server.base_url, agent_id, parse_data=parse_data)
+    kind = WsSubscriber if transport == "ws" else Subscriber
+    subscriber = kind(server.base_url, agent_id, parse_data=parse_data)
     thread = subscriber.start()
     if not subscriber.ready.wait(10):
-        raise RuntimeError("the SSE subscription did not start")
+        raise RuntimeError(f"the {transport} subscription did not start")
     sent_at = time.time()
     server.send(agent_id)
     if not subscriber.done.wait(timeout):
@@ -316,7 +339,8 @@ def flood_result(flood: Subscriber, lines: int) -> dict[str, Any]:
         "seconds_first_to_final": round(span, 3),
         "events_per_second": round((flood.count - 1) / span) if span > 0 else None,
         "seconds_message_to_final": round(flood.final_at - flood.sent_at, 3),
-        "sse_chunks": flood.chunks,  # HTTP body chunks the subscriber read
+        # HTTP body chunks (SSE) or frames (WebSocket) the subscriber read.
+        "chunks": flood.chunks,
     }
 
 
@@ -376,8 +400,15 @@ def main() -> int:
     parser.add_argument(
         "--mode", choices=["both", "flood", "paced"], default="both", help="which runs to make"
     )
+    parser.add_argument(
+        "--transport", choices=["ws", "sse"], default="ws", help="how the subscriber listens"
+    )
     parser.add_argument("--timeout", type=float, default=90.0, help="per run, in seconds")
-    parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument(
+        "--output",
+        type=Path,
+        help="where the JSON goes (default results/events_e2e.json, or events_e2e_sse.json)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory")
     parser.add_argument(
         "--py-spy",
@@ -386,11 +417,15 @@ def main() -> int:
         help="record the server and its runners with py-spy during the runs (collapsed stacks)",
     )
     args = parser.parse_args()
+    if args.output is None:
+        suffix = "" if args.transport == "ws" else f"_{args.transport}"
+        args.output = RESULTS_DIR / f"events_e2e{suffix}.json"
 
     root = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     server = Server(root, args.events, args.rate, args.seconds)
     result: dict[str, Any] = {
         "benchmark": "events_e2e",
+        "transport": args.transport,
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "machine": {
             "cpus": os.cpu_count(),
@@ -403,10 +438,14 @@ def main() -> int:
         server.start()
         profiler = start_py_spy(server, args.py_spy) if args.py_spy else None
         if args.mode in ("both", "flood"):
-            flood = run_mode(server, "flood", parse_data=False, timeout=args.timeout)
+            flood = run_mode(
+                server, "flood", transport=args.transport, parse_data=False, timeout=args.timeout
+            )
             result["flood"] = flood_result(flood, args.events)
         if args.mode in ("both", "paced"):
-            paced = run_mode(server, "paced", parse_data=True, timeout=args.timeout)
+            paced = run_mode(
+                server, "paced", transport=args.transport, parse_data=True, timeout=args.timeout
+            )
             result["paced"] = paced_result(paced, args.rate, args.seconds)
         if profiler is not None:
             profiler.send_signal(signal.SIGINT)

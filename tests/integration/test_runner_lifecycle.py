@@ -96,6 +96,36 @@ def test_a_dead_runner_ends_its_run_and_the_next_message_starts_a_new_one(
     assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
 
 
+def test_a_runner_that_died_while_the_platform_was_down_is_reported_lost_on_start(
+    forge_server: Any,
+) -> None:
+    server: ForgeServer = forge_server(MOODY)
+    agent, request_id, pgid = _start_long_run(server)
+    agent_id = agent["id"]
+    [runner_pid] = _runner_pids(agent_id)
+    before = len(server.history(agent_id))
+
+    server.stop(signal.SIGKILL)
+    os.kill(runner_pid, signal.SIGKILL)
+    os.killpg(pgid, signal.SIGKILL)
+    server.start()
+
+    # The run found in flight ends with one final RUNNER_LOST error; the log stays gapless.
+    events = server.wait_final(agent_id, request_id)
+    final = events[-1]
+    assert final["event_type"] == "agent.error" and final["error"]["code"] == "RUNNER_LOST"
+    assert final["error"]["recoverable"] is True
+    assert [e["is_final"] for e in events].count(True) == 1
+    history = server.history(agent_id)
+    assert len(history) > before
+    assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
+    # The workspace is kept, and the agent takes the next message in it.
+    assert (Path(agent["workspace_path"]) / "pgid").exists()
+    reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "again"})
+    assert reply.status_code == 202
+    assert server.wait_final(agent_id, reply.json()["request_id"])[-1]["outcome"] == "succeeded"
+
+
 @pytest.mark.parametrize("graceful", [True, False])
 def test_deleting_an_agent_mid_run_ends_the_run_once_and_leaves_no_process(
     forge_server: Any, graceful: bool
