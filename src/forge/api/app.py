@@ -128,8 +128,8 @@ class _Server(uvicorn.Server):
 
 def run_server(settings: Settings, *, log_level: str = "info") -> None:
     """Serve the API until SIGINT or SIGTERM. On a stop signal Forge stops taking requests,
-    ends live streams, writes what its runners already sent and the webhook outcomes it knows,
-    and leaves the runners running for the next start to reattach to."""
+    ends live streams, records the webhook outcomes it knows and leaves the runners running
+    (with the events it has not stored yet) for the next start to reattach to."""
     app = create_app(settings)
     ws = settings.websocket
     config = uvicorn.Config(
