@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -29,7 +29,7 @@ WS_CLOSE_TOO_SLOW = 4008
 WS_CLOSE_TIMEOUT_SECONDS = 10.0
 
 
-def _frames(events: list[StoredEvent]) -> bytes:
+def _frames(events: Sequence[StoredEvent]) -> bytes:
     # The stored text is the envelope exactly as webhooks carry it: no decode and re-encode.
     return "".join(
         f"id: {e.seq}\nevent: {e.event_type}\ndata: {e.body}\n\n" for e in events
@@ -53,17 +53,20 @@ async def sse_stream(
     comment line is sent after `keepalive` seconds of silence.
     """
     last = after
+    fresh: Sequence[StoredEvent] = ()  # handed over by the bus: no need to read the log
     yield b"retry: 2000\n: stream of agent events\n\n"
     while True:
-        events = await eventlog.read_stored(agent_id, after=last, limit=PAGE)
+        events = fresh or await eventlog.read_stored(agent_id, after=last, limit=PAGE)
+        more = not fresh and len(events) == PAGE
         if events:
             yield _frames(events)
             last = events[-1].seq
-            if len(events) == PAGE:
+            if more:
                 continue
         if bus.closed:
             return  # shutting down; the client reconnects with Last-Event-ID
-        if not await bus.wait(agent_id, last, timeout=keepalive):
+        woken, fresh = await bus.wait_for_events(agent_id, last, timeout=keepalive)
+        if not woken:
             yield b": keep-alive\n\n"
 
 
@@ -116,8 +119,12 @@ class WebSocketStream:
 
     async def _send_events(self) -> None:
         loop = asyncio.get_running_loop()
+        fresh: Sequence[StoredEvent] = ()  # handed over by the bus: no need to read the log
         while True:
-            events = await self._eventlog.read_stored(self._agent_id, after=self._last, limit=PAGE)
+            events = fresh or await self._eventlog.read_stored(
+                self._agent_id, after=self._last, limit=PAGE
+            )
+            more = not fresh and len(events) == PAGE
             if events:
                 try:
                     # One timer for the page, pushed forward after every frame taken.
@@ -129,7 +136,7 @@ class WebSocketStream:
                 except TimeoutError:
                     await self._close_slow_consumer()
                     return
-                if len(events) == PAGE:
+                if more:
                     continue
             if self._bus.closed:
                 await self._close(
@@ -137,7 +144,9 @@ class WebSocketStream:
                     f"server restarting; reconnect with after={self._last}",
                 )
                 return
-            await self._bus.wait(self._agent_id, self._last, timeout=KEEPALIVE_SECONDS)
+            _, fresh = await self._bus.wait_for_events(
+                self._agent_id, self._last, timeout=KEEPALIVE_SECONDS
+            )
 
     async def _close_slow_consumer(self) -> None:
         log.warning(

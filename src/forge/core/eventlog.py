@@ -7,7 +7,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple, cast
@@ -58,11 +58,26 @@ class StoredEventPage:
         ).encode()
 
 
-class EventBus:
-    """Tells subscribers that an agent's log grew. Cheap to publish; waiters re-read the log."""
+class _Signal:
+    """One wake-up of an agent's waiters, with the events that caused it."""
+
+    __slots__ = ("event", "events")
 
     def __init__(self) -> None:
-        self._signals: dict[str, asyncio.Event] = {}
+        self.event = asyncio.Event()
+        self.events: Sequence[StoredEvent] = ()
+
+
+class EventBus:
+    """Tells subscribers that an agent's log grew, handing them the events just committed.
+
+    A subscriber that is caught up gets the new events with the wake-up and needs no read of the
+    log; one that is behind (the events do not follow its last `seq`) reads the log, which is
+    always the source of truth. Nothing is kept for agents nobody waits on but the latest `seq`.
+    """
+
+    def __init__(self) -> None:
+        self._signals: dict[str, _Signal] = {}
         self._latest: dict[str, int] = {}
         self._closed = False
 
@@ -75,14 +90,17 @@ class EventBus:
         """Wake every waiter and make later waits return at once; streams see `closed`."""
         self._closed = True
         for signal in self._signals.values():
-            signal.set()
+            signal.event.set()
         self._signals.clear()
 
-    def publish(self, agent_id: str, last_seq: int) -> None:
+    def publish(self, agent_id: str, last_seq: int, events: Sequence[StoredEvent] = ()) -> None:
+        """Say the log of `agent_id` now ends at `last_seq`; `events` are the ones just stored,
+        in order (empty when the caller does not have them)."""
         self._latest[agent_id] = max(last_seq, self._latest.get(agent_id, 0))
         signal = self._signals.pop(agent_id, None)
         if signal is not None:
-            signal.set()
+            signal.events = events
+            signal.event.set()
 
     def latest(self, agent_id: str) -> int | None:
         return self._latest.get(agent_id)
@@ -90,17 +108,31 @@ class EventBus:
     async def wait(self, agent_id: str, after_seq: int, timeout: float) -> bool:
         """Wait until the log of `agent_id` passes `after_seq` or the bus closes (True), or
         `timeout` ends (False)."""
+        woken, _ = await self.wait_for_events(agent_id, after_seq, timeout)
+        return woken
+
+    async def wait_for_events(
+        self, agent_id: str, after_seq: int, timeout: float
+    ) -> tuple[bool, Sequence[StoredEvent]]:
+        """Like `wait`, and also the events that woke it when they follow `after_seq` without a
+        gap (else empty: read the log from `after_seq`)."""
         if self._closed:
-            return True
-        signal = self._signals.setdefault(agent_id, asyncio.Event())
+            return True, ()
         latest = self._latest.get(agent_id)
         if latest is not None and latest > after_seq:
-            return True
+            return True, ()
+        signal = self._signals.get(agent_id)
+        if signal is None:
+            signal = self._signals[agent_id] = _Signal()
         try:
-            await asyncio.wait_for(signal.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await signal.event.wait()
         except TimeoutError:
-            return False
-        return True
+            return False, ()
+        events = signal.events
+        if events and events[0].seq == after_seq + 1:
+            return True, events
+        return True, ()
 
 
 @dataclass(frozen=True)
@@ -169,6 +201,7 @@ class EventLog:
                     continue
                 seq += 1
                 envelope = draft.seal(agent_id=agent_id, seq=seq, event_id=ids.event_id())
+                body = json.dumps(envelope.to_wire(), separators=(",", ":"))
                 events.append(
                     {
                         "id": envelope.event_id,
@@ -177,7 +210,7 @@ class EventLog:
                         "request_id": draft.request_id,
                         "event_type": draft.event_type,
                         "is_final": envelope.is_final,
-                        "body": json.dumps(envelope.to_wire(), separators=(",", ":")),
+                        "body": body,
                         "created_at": now,
                     }
                 )
@@ -241,7 +274,11 @@ class EventLog:
                     update(_AGENTS).where(_AGENTS.c.id == agent_id).values(agent_changes)
                 )
         if sealed:
-            self.bus.publish(agent_id, seq)
+            self.bus.publish(
+                agent_id,
+                seq,
+                [StoredEvent(e["seq"], e["event_type"], e["body"]) for e in events],
+            )
         if deliveries:
             self._on_outbox()
         return sealed

@@ -254,3 +254,23 @@ async def test_nothing_follows_a_final_event(db: Database) -> None:
     async with db.read() as s:
         agent = await s.get(AgentRow, "ag_1")
     assert agent is not None and (agent.last_seq, agent.runner_ack) == (1, 2)
+
+
+async def test_the_bus_hands_caught_up_waiters_the_events_just_stored(db: Database) -> None:
+    await _agent_with_run(db)
+    bus = EventBus()
+    log = EventLog(db, bus)
+    await log.append("ag_1", [_event(1)], runner_ack=1)
+    caught_up = asyncio.create_task(bus.wait_for_events("ag_1", 1, timeout=5))
+    behind = asyncio.create_task(bus.wait_for_events("ag_1", 0, timeout=5))
+    await asyncio.sleep(0)
+    await log.append("ag_1", [_event(2), _event(3)], runner_ack=3)
+    woken, events = await caught_up
+    stored = await log.read_stored("ag_1", after=1)
+    assert woken and list(events) == stored and [e.seq for e in events] == [2, 3]
+    # Behind the log: woken at once, and told to read the log (the events would leave a gap).
+    assert await behind == (True, ())
+    assert await bus.wait_for_events("ag_1", 3, timeout=0.01) == (False, ())
+    # Closed: every wait returns at once.
+    bus.close()
+    assert await bus.wait_for_events("ag_1", 3, timeout=5) == (True, ())
