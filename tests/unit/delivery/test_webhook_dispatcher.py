@@ -252,7 +252,9 @@ async def test_timeouts_and_refused_connections_are_retried_until_exhausted(
     assert rows[slow_ids[0]].last_status_code is None
     assert rows[closed_ids[0]].attempts == 2
     assert (rows[closed_ids[0]].last_error or "").startswith("connection failed: ConnectError")
-    assert len(hanging.requests) == 2
+    # The receiver records a request once it has read it all; under load the second attempt
+    # may time out before that (the attempts counted above are what the dispatcher made).
+    assert 1 <= len(hanging.requests) <= 2
 
 
 async def test_a_name_that_does_not_resolve_is_retried(
