@@ -160,7 +160,7 @@ def test_platform_crash_mid_run_loses_nothing(forge_server: Any, receiver: Webho
 STEADY = """
 [profiles.steady]
 executor = "command"
-command = "for i in $(seq 1 60); do echo tick $i; sleep 0.1; done"
+command = "for i in $(seq 1 90); do echo tick $i; sleep 0.1; done"
 """
 
 
@@ -197,7 +197,7 @@ def test_repeated_platform_crashes_lose_nothing(
     n = len(events)
     assert [e["seq"] for e in events] == list(range(1, n + 1))
     ticks = [e["entry"]["text"] for e in events if e["event_type"] == "agent.event"]
-    assert ticks == [f"tick {i}" for i in range(1, 61)]
+    assert ticks == [f"tick {i}" for i in range(1, 91)]
     assert [e["is_final"] for e in events].count(True) == 1 and events[-1]["is_final"]
     assert events[-1]["outcome"] == "succeeded"
 

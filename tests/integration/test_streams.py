@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -61,7 +62,8 @@ def test_websocket_replays_then_follows_live_and_resumes_after_a_seq(forge_serve
     ]
 
     # after= resumes exactly after the seq given.
-    with connect(_ws_url(server, agent_id, f"?after={n + 3}")) as ws:
+    # (It stops reading with frames still coming: a short close_timeout keeps the test quick.)
+    with connect(_ws_url(server, agent_id, f"?after={n + 3}"), close_timeout=1) as ws:
         assert json.loads(ws.recv(timeout=10))["seq"] == n + 4
 
 
@@ -71,6 +73,7 @@ def test_websocket_replays_then_follows_live_and_resumes_after_a_seq(forge_serve
         ("?after=abc", 422, "after must be a whole number"),
         ("?after=-1", 422, "after must be a whole number"),
         ("?after=99999999999999999999", 422, "after must be a whole number"),
+        ("?after=%C2%B2", 422, "after must be a whole number"),  # a superscript two
         ("?user_id=bob", 404, "not found"),
         ("?user_id=%20bad", 422, "user_id must match"),
     ],
@@ -108,6 +111,30 @@ def test_sse_sends_keep_alive_comments_while_idle(forge_server: Any) -> None:
     assert seen.startswith(b"retry: 2000\n")
 
 
+def test_live_streams_of_a_deleted_agent_end(forge_server: Any) -> None:
+    server: ForgeServer = forge_server("[sse]\nkeepalive_seconds = 0.3\n")
+    agent_id = server.create_agent()["id"]
+    events = server.wait_final(agent_id, _send(server, agent_id, "hello"))
+    chunks: list[bytes] = []
+
+    def read_sse() -> None:
+        with (
+            httpx.Client(base_url=server.base_url, timeout=30) as client,
+            client.stream(
+                "GET", f"/api/v1/agents/{agent_id}/events", headers={"accept": "text/event-stream"}
+            ) as response,
+        ):
+            chunks.extend(response.iter_raw())
+
+    reader = threading.Thread(target=read_sse, daemon=True)
+    reader.start()
+    wait_for(lambda: f"id: {len(events)}\n".encode() in b"".join(chunks))
+    assert server.http.delete(f"/api/v1/agents/{agent_id}").status_code == 204
+    # The history was sent; once the stream is idle it sees the agent is gone and ends.
+    reader.join(timeout=10)
+    assert not reader.is_alive(), "the SSE stream of a deleted agent did not end"
+
+
 # Each line is 2 KB of random text (compression cannot shrink it); the message says how many.
 FLOOD_LINES = 25_000
 FLOOD = """
@@ -131,31 +158,72 @@ def _rss_bytes(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _server_has_connection_from(server_port: int, client_port: int) -> bool:
+    """Whether the kernel still has an established TCP connection server_port <- client_port."""
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            local, remote, state = fields[1], fields[2], fields[3]
+            if (
+                int(local.rsplit(":", 1)[1], 16) == server_port
+                and int(remote.rsplit(":", 1)[1], 16) == client_port
+                and state == "01"  # ESTABLISHED
+            ):
+                return True
+    return False
+
+
+def _stalled_sse_client(server: ForgeServer, agent_id: str, after: int) -> socket.socket:
+    """An SSE subscriber that sends its request and never reads the answer."""
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    sock.sendall(
+        f"GET /api/v1/agents/{agent_id}/events?after={after} HTTP/1.1\r\n"
+        f"Host: 127.0.0.1\r\nAccept: text/event-stream\r\n\r\n".encode()
+    )
+    return sock
+
+
 @pytest.mark.timeout(300)
-def test_a_consumer_that_stops_reading_is_closed_and_costs_bounded_memory(
+def test_consumers_that_stop_reading_cost_bounded_memory_and_are_closed(
     forge_server: Any,
 ) -> None:
     server: ForgeServer = forge_server(FLOOD.format(send_timeout=SEND_TIMEOUT))
     assert server.proc is not None
     agent_id = server.create_agent(profile="flood")["id"]
     # Warm up with the same flood and a reader that keeps up: memory settles at what the server
-    # needs for a flood; the stalled client must add little to that.
+    # needs for a flood; the stalled clients must add little to that.
     warm_up = StreamFollower(server.base_url, agent_id).start()
     warm_up.wait_for_final(_send(server, agent_id, str(FLOOD_LINES)), timeout=120)
     warm_up.stop()
     warm = server.http.get(f"/api/v1/agents/{agent_id}").json()["last_seq"]
     baseline = _rss_bytes(server.proc.pid)
 
-    # The slow consumer takes one frame into its queue and then reads nothing more (its pings
-    # are off too, or its own keep-alive would give up first).
-    with connect(
-        _ws_url(server, agent_id, f"?after={warm}"), max_queue=1, ping_interval=None
-    ) as slow:
-        _flood_past_a_stalled_client(server, agent_id, warm, baseline, slow)
+    # Three consumers that take a frame or two and then read nothing more (pings off too, or
+    # their own keep-alive would give up first): one WebSocket client reads again once the
+    # server gives up on it, one never does, and an SSE client never does either.
+    url = _ws_url(server, agent_id, f"?after={warm}")
+    sse = _stalled_sse_client(server, agent_id, warm)
+    with (
+        connect(url, max_queue=1, ping_interval=None) as slow,
+        connect(url, max_queue=1, ping_interval=None) as gone,
+    ):
+        _flood_past_stalled_clients(server, agent_id, warm, baseline, slow)
+        # The one that never reads again is dropped by the server (after the close frame's
+        # grace), not left holding its socket and unsent data.
+        gone_port = gone.local_address[1]
+        wait_for(lambda: not _server_has_connection_from(server.port, gone_port), timeout=30)
     assert server.http.get("/healthz").status_code == 200
 
+    # The stalled SSE client would hold a graceful shutdown up; it is aborted instead.
+    proc = server.proc
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=8) in (0, -signal.SIGTERM)
+    assert "timeout graceful shutdown exceeded" not in server.log()
+    server.proc = None
+    sse.close()
 
-def _flood_past_a_stalled_client(
+
+def _flood_past_stalled_clients(
     server: ForgeServer, agent_id: str, warm: int, baseline: int, slow: Any
 ) -> None:
     fast = StreamFollower(server.base_url, agent_id, after=warm).start()

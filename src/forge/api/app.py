@@ -11,6 +11,7 @@ from types import FrameType
 import uvicorn
 from fastapi import FastAPI, HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from forge import __version__
 from forge.api.errors import error_response, install_error_handlers
@@ -105,6 +106,28 @@ def create_app(settings: Settings) -> FastAPI:
     return app
 
 
+# How long a connection may keep unsent data once it is over (its stream ended, or the server is
+# shutting down) before it is aborted: a peer that stopped reading would otherwise hold the
+# socket, and the shutdown, for as long as its TCP stays up.
+STUCK_CONNECTION_GRACE_SECONDS = 2.0
+
+
+def _abort_if_stuck(transport: asyncio.BaseTransport | None) -> None:
+    # (Aborting a transport that is already gone does nothing.)
+    if isinstance(transport, asyncio.WriteTransport) and transport.get_write_buffer_size() > 0:
+        transport.abort()
+
+
+class _WebSocketProtocol(WebSocketsSansIOProtocol):
+    """uvicorn's WebSocket protocol, but a connection whose stream has ended while the client
+    still has unread data (it stopped reading: `WebSocketStream` gave up on it) is aborted
+    after a grace period instead of waiting forever for the buffer to drain."""
+
+    async def run_asgi(self) -> None:
+        await super().run_asgi()
+        self.loop.call_later(STUCK_CONNECTION_GRACE_SECONDS, _abort_if_stuck, self.transport)
+
+
 class _Server(uvicorn.Server):
     """uvicorn's server, telling the platform of a stop signal before connections are drained:
     live streams end at once (clients resume on the next server) instead of holding the
@@ -118,6 +141,17 @@ class _Server(uvicorn.Server):
     async def serve(self, sockets: list[socket.socket] | None = None) -> None:
         self._loop = asyncio.get_running_loop()
         await super().serve(sockets)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Streams end at once on shutdown, but a connection whose client stopped reading keeps
+        # its unsent data and would hold the shutdown up to uvicorn's graceful timeout.
+        loop = asyncio.get_running_loop()
+        loop.call_later(STUCK_CONNECTION_GRACE_SECONDS, self._abort_stuck_connections)
+        await super().shutdown(sockets)
+
+    def _abort_stuck_connections(self) -> None:
+        for connection in list(self.server_state.connections):
+            _abort_if_stuck(getattr(connection, "transport", None))
 
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         platform: Platform | None = getattr(self._app.state, "platform", None)
@@ -138,7 +172,7 @@ def run_server(settings: Settings, *, log_level: str = "info") -> None:
         port=settings.server.port,
         log_level=log_level.lower(),
         timeout_graceful_shutdown=10,
-        ws="websockets-sansio",
+        ws=_WebSocketProtocol,
         ws_ping_interval=ws.ping_interval_seconds or None,
         ws_ping_timeout=ws.ping_timeout_seconds,
         ws_max_size=ws.max_message_size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Annotated
 
@@ -229,7 +230,7 @@ async def agent_events(
     if accept and "text/event-stream" in accept:
         await platform.agents.check_access(agent_id, user_id)
         start = after
-        if last_event_id and last_event_id.strip().isdigit():
+        if last_event_id and last_event_id.strip().isascii() and last_event_id.strip().isdigit():
             start = max(start, min(int(last_event_id.strip()), MAX_SEQ))
         return StreamingResponse(
             sse_stream(
@@ -238,6 +239,7 @@ async def agent_events(
                 agent_id,
                 start,
                 keepalive=platform.settings.sse.keepalive_seconds,
+                agent_gone=functools.partial(platform.agents.is_deleted, agent_id),
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -20,9 +20,13 @@ from forge.core.eventlog import EventBus, EventLog, StoredEvent
 log = logging.getLogger(__name__)
 
 KEEPALIVE_SECONDS = 15.0
+
+# Whether the agent was deleted meanwhile (asked when a stream is idle, to end it).
+AgentGone = Callable[[], Awaitable[bool]]
 PAGE = 500
 
 # WebSocket close codes (4000-4999 are the application's own).
+WS_CLOSE_NORMAL = 1000
 WS_CLOSE_SERVICE_RESTART = 1012
 WS_CLOSE_TOO_SLOW = 4008
 # How long the close frame of a slow consumer may wait for room in its socket buffer.
@@ -43,9 +47,10 @@ async def sse_stream(
     after: int,
     *,
     keepalive: float = KEEPALIVE_SECONDS,
+    agent_gone: AgentGone | None = None,
 ) -> AsyncIterator[bytes]:
-    """Yield SSE frames for every event with `seq` > `after` until the client goes or the
-    server shuts down.
+    """Yield SSE frames for every event with `seq` > `after` until the client goes, the server
+    shuts down, or (checked when idle) `agent_gone()` says the agent was deleted.
 
     Each frame's `id` is the event's `seq`, so a browser's automatic reconnect (or any client
     sending `Last-Event-ID`) resumes exactly after the last event it saw. One chunk carries a
@@ -61,12 +66,14 @@ async def sse_stream(
         if events:
             yield _frames(events)
             last = events[-1].seq
-            if more:
-                continue
         if bus.closed:
             return  # shutting down; the client reconnects with Last-Event-ID
+        if more:
+            continue
         woken, fresh = await bus.wait_for_events(agent_id, last, timeout=keepalive)
         if not woken:
+            if agent_gone is not None and await agent_gone():
+                return
             yield b": keep-alive\n\n"
 
 
@@ -88,8 +95,10 @@ class WebSocketStream:
         *,
         after: int,
         send_timeout: float,
+        agent_gone: AgentGone | None = None,
     ) -> None:
         self._ws = websocket
+        self._agent_gone = agent_gone
         self._eventlog = eventlog
         self._bus = bus
         self._agent_id = agent_id
@@ -136,17 +145,21 @@ class WebSocketStream:
                 except TimeoutError:
                     await self._close_slow_consumer()
                     return
-                if more:
-                    continue
             if self._bus.closed:
+                # Right after the current page: a client far behind resumes on the next server.
                 await self._close(
                     WS_CLOSE_SERVICE_RESTART,
                     f"server restarting; reconnect with after={self._last}",
                 )
                 return
-            _, fresh = await self._bus.wait_for_events(
+            if more:
+                continue
+            woken, fresh = await self._bus.wait_for_events(
                 self._agent_id, self._last, timeout=KEEPALIVE_SECONDS
             )
+            if not woken and self._agent_gone is not None and await self._agent_gone():
+                await self._close(WS_CLOSE_NORMAL, "the agent was deleted")
+                return
 
     async def _close_slow_consumer(self) -> None:
         log.warning(
@@ -158,7 +171,7 @@ class WebSocketStream:
             self._last,
         )
         # The close frame waits behind what the client has not read; if it never reads
-        # again, the connection is dropped when this returns.
+        # again, the server's WebSocket protocol aborts the connection after this returns.
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(WS_CLOSE_TIMEOUT_SECONDS):
                 await self._close(

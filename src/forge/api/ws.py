@@ -7,6 +7,7 @@ rather than an unexplained close.
 
 from __future__ import annotations
 
+import functools
 import re
 
 from fastapi import APIRouter, WebSocket
@@ -28,7 +29,7 @@ ws_router = APIRouter()
 def _after(raw: str | None) -> int:
     if raw is None or raw == "":
         return 0
-    if not raw.isdigit() or int(raw) > MAX_SEQ:
+    if not (raw.isascii() and raw.isdigit()) or int(raw) > MAX_SEQ:
         raise InvalidRequest(
             f"after must be a whole number from 0 to {MAX_SEQ} (the last seq you received), "
             f"not {raw[:40]!r}"
@@ -59,5 +60,6 @@ async def agent_stream(websocket: WebSocket, agent_id: str) -> None:
         agent_id,
         after=after,
         send_timeout=platform.settings.websocket.send_timeout_seconds,
+        agent_gone=functools.partial(platform.agents.is_deleted, agent_id),
     )
     await stream.run()

@@ -477,6 +477,12 @@ class AgentService:
         """`NotFound` unless the agent exists (deleted ones too) and belongs to `owner_id`."""
         await self._agent_row(agent_id, owner_id, include_deleted=True)
 
+    async def is_deleted(self, agent_id: str) -> bool:
+        """True if the agent was deleted (or never existed): its log will not grow again."""
+        async with self.db.read() as session:
+            row = await session.get(AgentRow, agent_id)
+        return row is None or row.deleted_at is not None
+
     async def status_counts(self) -> dict[str, int]:
         async with self.db.read() as session:
             rows = await session.execute(
