@@ -119,6 +119,9 @@ class WebhookSettings(BaseModel):
     allowed_hosts: list[str] = Field(default_factory=list)
     # Deliveries attempted at once across all endpoints.
     max_in_flight: int = Field(default=64, ge=1)
+    # Deliveries attempted at once to one endpoint URL, so a slow or stalled endpoint cannot take
+    # every slot. At most `max_in_flight`; when not given it is 16, or `max_in_flight` if smaller.
+    max_in_flight_per_endpoint: int = Field(default=16, ge=1)
     # Longest honoured Retry-After, in seconds.
     max_retry_after_seconds: float = Field(default=36000, ge=0)
     # Circuit breaker per endpoint URL (across all its agents): after this many consecutive
@@ -136,6 +139,18 @@ class WebhookSettings(BaseModel):
             raise ValueError(
                 "webhooks.circuit_max_open_seconds must be at least webhooks.circuit_open_seconds"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _per_endpoint_limit_within_the_total(self) -> WebhookSettings:
+        if self.max_in_flight_per_endpoint <= self.max_in_flight:
+            return self
+        if "max_in_flight_per_endpoint" in self.model_fields_set:
+            raise ValueError(
+                "webhooks.max_in_flight_per_endpoint must be at most webhooks.max_in_flight"
+            )
+        # The default follows a smaller max_in_flight rather than refusing it.
+        self.max_in_flight_per_endpoint = self.max_in_flight
         return self
 
 

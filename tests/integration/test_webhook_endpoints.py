@@ -1,6 +1,7 @@
 """Endpoint health through the real server: an endpoint that is down for a while gets everything
-once it is back (the circuit breaker waits, retries are not used up), 410 disables an endpoint
-until a redelivery, the deliveries API, and the URL guard with Forge's default settings."""
+once it is back (the circuit breaker waits, retries are not used up), 410 disables an endpoint and
+holds all its deliveries until a redelivery, the deliveries API, and the URL guard with Forge's
+default settings."""
 
 from __future__ import annotations
 
@@ -126,38 +127,38 @@ def test_gone_disables_the_endpoint_until_a_redelivery(
     n = len(events)
 
     held = wait_for_deliveries(
-        server, agent_id, lambda items: len(items) == n and items[0]["status"] == "failed"
+        server, agent_id, lambda items: len(items) == n and items[0]["last_status_code"] == 410
     )
-    time.sleep(1.0)  # longer than the whole retry schedule: the rest stays held
+    time.sleep(1.0)  # longer than the whole retry schedule: everything stays held
     held = deliveries(server, agent_id)
-    first, rest = held[0], held[1:]
-    assert (first["seq"], first["status"], first["attempts"]) == (1, "failed", 1)
-    assert first["last_status_code"] == 410
+    first, last = held[0], held[-1]
+    # The delivery that got the 410 is held like the rest: pending, its attempt not counted.
+    assert (first["seq"], first["status"], first["attempts"]) == (1, "pending", 0)
     assert first["last_error"].startswith("HTTP 410 Gone: endpoint disabled")
-    assert first["endpoint_status"] == "disabled"
     assert "410" in first["endpoint_disabled_reason"]
     assert first["event_id"] == events[0]["event_id"]
     assert first["endpoint_url"] == receiver.url and "secret" not in first
     assert "s3cret" not in str(held)
-    for item in rest:
+    for item in held:
         assert (item["status"], item["attempts"], item["endpoint_status"]) == (
             "pending",
             0,
             "disabled",
         )
         assert item["next_attempt_at"] is None
+    assert [item["last_status_code"] for item in held[1:]] == [None] * (n - 1)
     assert len(receiver.requests) == 1
-    only_failed = deliveries(server, agent_id, status="failed")
-    assert [d["id"] for d in only_failed] == [first["id"]]
+    assert deliveries(server, agent_id, status="failed") == []
 
-    # The endpoint is back: redelivering the failed one sends it and everything held, in order.
+    # The endpoint is back: redelivering any of its deliveries (here the last) enables it, and
+    # everything held follows in order, from the one that got the 410.
     receiver.respond = lambda _request: 200
     again = server.http.post(
-        f"/api/v1/deliveries/{first['id']}/redeliver", params={"user_id": "alice"}
+        f"/api/v1/deliveries/{last['id']}/redeliver", params={"user_id": "alice"}
     )
     assert again.status_code == 202, again.text
     body = again.json()
-    assert (body["id"], body["status"], body["attempts"]) == (first["id"], "pending", 0)
+    assert (body["id"], body["status"], body["attempts"]) == (last["id"], "pending", 0)
     assert body["endpoint_status"] == "active"
 
     receiver.wait_for(lambda reqs: len(reqs) == n + 1, timeout=10)
@@ -167,7 +168,8 @@ def test_gone_disables_the_endpoint_until_a_redelivery(
         server, agent_id, lambda items: all(d["status"] == "delivered" for d in items)
     )
     assert {d["endpoint_status"] for d in done} == {"active"}
-    assert done[0]["attempts"] == 1 and done[0]["delivered_at"] is not None
+    assert [d["attempts"] for d in done] == [1] * n
+    assert done[0]["delivered_at"] is not None
 
 
 def test_deliveries_api_answers_404_for_unknown_ids_and_other_owners(

@@ -1,7 +1,10 @@
 """The deliveries service: an agent's webhook deliveries as the API shows them, and redelivery.
 
 Redelivering a delivery also enables its endpoint again (after a `410 Gone` or while its circuit
-breaker is open), so every delivery held for that endpoint follows, in order.
+breaker is open), so every delivery held for that endpoint follows, in order. Neither can be
+undone by the dispatcher: the delivery's `generation` is bumped, so an attempt under way is not
+recorded over it, and the endpoint's row is written (made if need be) with `enabled_at`, so an
+endpoint change the dispatcher decided before is not written over it.
 """
 
 from __future__ import annotations
@@ -11,13 +14,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import cast
 
-from sqlalchemy import ColumnElement, select, update
+from sqlalchemy import ColumnElement, select
 
 from forge.core.errors import NotFound
 from forge.core.schemas import Delivery, DeliveryPage, DeliveryStatus, EndpointStatus
-from forge.delivery.outbox import ENDPOINT_ACTIVE, ENDPOINT_DISABLED, PENDING
+from forge.delivery.outbox import ENDPOINT_DISABLED, PENDING, enable_endpoint
 from forge.store.db import Database
-from forge.store.tables import AgentRow, DeliveryRow, WebhookEndpointRow, utcnow
+from forge.store.tables import AgentRow, DeliveryRow, WebhookEndpointRow
 
 
 class DeliveryService:
@@ -89,23 +92,16 @@ class DeliveryService:
                     row = None
             if row is None:
                 raise NotFound(f"delivery {delivery_id} not found", code="delivery_not_found")
+            now = time.time()
             row.status = PENDING
             row.attempts = 0
-            row.next_attempt_at = time.time()
+            row.next_attempt_at = now
             row.delivered_at = None
+            row.generation += 1
             await session.execute(
-                update(WebhookEndpointRow)
-                .where(WebhookEndpointRow.url == row.endpoint_url)
-                .values(
-                    status=ENDPOINT_ACTIVE,
-                    disabled_reason=None,
-                    disabled_at=None,
-                    consecutive_failures=0,
-                    paused_until=None,
-                    updated_at=utcnow(),
-                )
+                enable_endpoint(row.endpoint_url, now, is_sqlite=self.db.is_sqlite)
             )
-            answer = _delivery_schema(row, None, time.time())
+            answer = _delivery_schema(row, None, now)
         self._endpoint_changed(answer.endpoint_url)
         return answer
 

@@ -4,10 +4,11 @@
 - `url_guard`: which URLs may be sent to (checked on accepting a URL and before each delivery).
 - `dispatcher`: `WebhookDispatcher`, which sends the `deliveries` outbox in order per stream.
 - `endpoints`: endpoint health: disabled by `410 Gone`, paused by the circuit breaker.
-- `outbox`: the dispatcher's SQL. `retry`: the backoff policy. `transport`: lean HTTP/1.1 for httpx.
+- `outbox`: the dispatcher's SQL. `retry`: the backoff policy. `transport`: lean HTTP/1.1, used
+  directly by the dispatcher and usable as an httpx transport.
 """
 
-from forge.delivery.dispatcher import WebhookDispatcher, new_webhook_client
+from forge.delivery.dispatcher import WebhookDispatcher
 from forge.delivery.signing import headers_for, sign, validate_webhook_secret
 from forge.delivery.transport import WebhookTransport
 from forge.delivery.url_guard import (
@@ -22,7 +23,6 @@ __all__ = [
     "WebhookTransport",
     "check_webhook_url",
     "headers_for",
-    "new_webhook_client",
     "sign",
     "validate_webhook_secret",
     "validate_webhook_url_form",

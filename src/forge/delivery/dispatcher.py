@@ -3,24 +3,29 @@
 How it works:
 - A scan loop reads the heads of streams (the lowest pending delivery of each (endpoint_url,
   agent_id)) in one query, keeps the due ones as ready, and starts one stream worker for each, up
-  to `max_in_flight` workers, refilling from the ready ones as workers finish. It scans again when
-  woken (`wake()`), when a waiting head falls due, when nothing is ready, and at least every second,
-  so rows written by another process are noticed too.
+  to `max_in_flight` workers and `max_in_flight_per_endpoint` per endpoint, refilling from the
+  ready ones as workers finish. It scans again when woken (`wake()`), when a waiting head falls
+  due, when nothing is ready, and at least every second, so rows written by another process are
+  noticed too. One scan returns at most twice `max_in_flight_per_endpoint` heads of one
+  endpoint, so an endpoint with a large backlog cannot fill the batch and hide the others.
 - A stream worker sends its stream's deliveries one at a time in `seq` order, loading them in
   batches. It stops at a delivery that must wait for a retry; the scan loop restarts the stream
-  when that delivery is due. A slow stream therefore holds up only itself.
+  when that delivery is due. A slow stream therefore holds up only itself, and a slow endpoint
+  at most its own share of the slots.
 - Outcomes are written by one writer in batched, short transactions, never while an HTTP request is
   open. A worker frees its sending slot as soon as it stops sending, but holds its stream until its
   outcomes are committed, so the scan loop never restarts a stream from a stale head.
-- Requests go through `WebhookTransport` (lean HTTP/1.1), which also applies the URL guard's
-  address rule to the addresses it actually connects to.
+- Requests go straight to `WebhookTransport` (lean HTTP/1.1, one deadline per attempt), which
+  also applies the URL guard's address rule to the addresses it actually connects to.
 - Endpoint health (`endpoints.py`) is kept in memory: an endpoint that answered 410 is disabled,
   one that keeps failing is paused by its circuit breaker. The heads query leaves out the
-  endpoints the table holds, the scan skips those held in memory, and a worker stops sending
-  when its endpoint becomes held; their deliveries stay pending with their attempts unused.
-  Changes are written by the batched writer with the attempts that caused them; the table is
-  read back at most every second, or at once after `endpoint_changed()`, so an endpoint enabled
-  again by a redelivery (in this process or another) is noticed.
+  endpoints the table holds and those held or half-open here (a half-open endpoint's one probe
+  is looked for on its own), and a worker stops sending when its endpoint becomes held; their
+  deliveries stay pending with their attempts unused. Changes are written by the batched writer
+  with the attempts that caused them. The rows changed lately are read back every second, or at
+  once after `endpoint_changed()`, so an endpoint enabled again by a redelivery (in this process
+  or another) is noticed; every `ENDPOINT_FULL_READ_SECONDS` all unhealthy rows are read, after
+  deleting those that no longer hold anything back.
 Delivery is at least once: a delivery sent but not yet recorded when the process dies is sent again
 with the same `webhook-id`, which receivers use to drop duplicates.
 """
@@ -28,6 +33,7 @@ with the same `webhook-id`, which receivers use to drop duplicates.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -62,7 +68,7 @@ from forge.delivery.retry import (
     parse_retry_after,
 )
 from forge.delivery.signing import headers_for
-from forge.delivery.transport import WebhookTransport
+from forge.delivery.transport import Target, WebhookTransport
 from forge.delivery.url_guard import (
     UnresolvableWebhookHost,
     address_refusal,
@@ -78,36 +84,29 @@ MAX_IDLE_SECONDS = 1.0
 SCAN_BATCH = 1000
 # Deliveries of one stream loaded per query.
 STREAM_BATCH = 100
-# Longest time between two reads of the endpoints' state from the table.
+# Longest time between two reads of the endpoints' changed rows.
 ENDPOINT_REFRESH_SECONDS = 1.0
+# A read of changed rows looks this far before the previous read began, for rows committed late.
+ENDPOINT_CHANGE_OVERLAP_SECONDS = 5.0
+# How often every unhealthy row is read (and idle rows are deleted first).
+ENDPOINT_FULL_READ_SECONDS = 30.0
+# Rows that hold nothing back are deleted once unchanged this long. Longer than any attempt, so
+# a redelivery's `enabled_at` outlives every change decided before it.
+ENDPOINT_ROW_TTL_SECONDS = 600.0
+# Endpoints left out of the outbox scan by URL, at most (the rest are skipped in memory).
+MAX_SKIPPED_URLS = 500
 # Shortest time between two scans of the outbox while busy.
 MIN_SCAN_INTERVAL_SECONDS = 0.005
 # How long a URL check (DNS included) is reused for the same URL.
 URL_CHECK_TTL_SECONDS = 10.0
-_URL_CHECK_CACHE_SIZE = 10_000
-# Bytes of a response body read, of which the start is quoted in last_error.
-_RESPONSE_READ_LIMIT = 64 * 1024
+_URL_CACHE_SIZE = 10_000
 _ERROR_SNIPPET = 200
 # How long the writer lets records gather before a write: fewer, larger transactions.
 _WRITE_COALESCE_SECONDS = 0.005
 # Pause after a database error in a stream worker, so a failing database is not hammered.
 _ERROR_PAUSE_SECONDS = 1.0
-
-
-def new_webhook_client(settings: WebhookSettings) -> httpx.AsyncClient:
-    """The httpx client deliveries are sent with: the lean `WebhookTransport`, which applies the
-    URL guard's address rule to every address it connects to."""
-    return httpx.AsyncClient(
-        transport=WebhookTransport(
-            # Every attempt in flight may go to one origin: keep that many connections.
-            max_idle_per_origin=settings.max_in_flight,
-            check_address=functools.partial(address_refusal, settings=settings),
-        ),
-        follow_redirects=False,  # a redirect could lead past the URL guard
-        trust_env=False,  # no proxies or .netrc credentials from the environment
-        timeout=settings.timeout_seconds,
-        headers={"accept-encoding": "identity"},  # response bodies are only quoted in errors
-    )
+# Response bodies are only quoted in errors.
+_EXTRA_HEADERS = {"accept-encoding": "identity"}
 
 
 class WebhookDispatcher:
@@ -115,28 +114,21 @@ class WebhookDispatcher:
 
     `start()` begins delivering, `wake()` says new rows were committed, `endpoint_changed()` says
     an endpoint's row was changed (enabled again), `stop()` ends gracefully.
-    Pass `client` to share an `httpx.AsyncClient` (its timeout is overridden per attempt); without
-    one the dispatcher makes and closes its own.
     """
 
-    def __init__(
-        self,
-        db: Database,
-        settings: WebhookSettings,
-        *,
-        client: httpx.AsyncClient | None = None,
-    ) -> None:
+    def __init__(self, db: Database, settings: WebhookSettings) -> None:
         self._settings = settings
         self._outbox = Outbox(db)
-        self._client = client
-        self._owns_client = False
+        self._transport: WebhookTransport | None = None
         self._wake = asyncio.Event()
         self._stopping = False
         self._scan_task: asyncio.Task[None] | None = None
         self._streams: dict[StreamKey, asyncio.Task[None]] = {}
         # Workers sending now (the others only wait for their outcomes to be committed, and
-        # keep their stream from being started again until then). At most max_in_flight.
+        # keep their stream from being started again until then). At most max_in_flight, and
+        # max_in_flight_per_endpoint per URL.
         self._sending = 0
+        self._sending_to: collections.Counter[str] = collections.Counter()
         # Streams whose worker ended since the current scan began: the scan may have read their
         # head before the worker's last outcome was committed, so it must not restart them.
         self._ended_during_scan: set[StreamKey] = set()
@@ -151,9 +143,12 @@ class WebhookDispatcher:
         self._writer: _RecordWriter | None = None
         # url -> (monotonic expiry, refusal message or None when allowed)
         self._url_checks: dict[str, tuple[float, str | None]] = {}
+        self._targets: dict[str, Target] = {}
         self._health = EndpointHealth(settings)
         self._refresh_wanted = True  # read the endpoints' state before the next scan
         self._last_refresh = -math.inf  # time.monotonic() of the last read
+        self._last_full_read = -math.inf  # ... of the last read of every unhealthy row
+        self._last_read_wall = 0.0  # time.time() when the last read began
 
     # ---- lifecycle -------------------------------------------------------------------------------
 
@@ -161,14 +156,17 @@ class WebhookDispatcher:
         """Begin delivering. Pending rows left by an earlier process are picked up at once."""
         if self._scan_task is not None:
             return
-        if self._client is None:
-            self._client = new_webhook_client(self._settings)
-            self._owns_client = True
+        self._transport = WebhookTransport(
+            # Every attempt in flight may go to one origin: keep that many connections.
+            max_idle_per_origin=self._settings.max_in_flight,
+            check_address=functools.partial(address_refusal, settings=self._settings),
+        )
         self._stopping = False
         self._ready.clear()
         self._rescan = True
         self._health = EndpointHealth(self._settings)  # read afresh from the table
         self._refresh_wanted = True
+        self._last_full_read = -math.inf
         self._writer = _RecordWriter(self._outbox, on_written=self._health.written)
         self._writer.start()
         self._scan_task = asyncio.create_task(self._scan_loop(), name="webhook-dispatcher")
@@ -203,12 +201,13 @@ class WebhookDispatcher:
         if self._writer is not None:
             await self._writer.close()
             self._writer = None
-        if self._owns_client and self._client is not None:
-            await self._client.aclose()
-            self._client = None
-            self._owns_client = False
+        if self._transport is not None:
+            await self._transport.aclose()
+            self._transport = None
         self._streams.clear()
-        self._sending = 0  # tasks cancelled before they ran never counted themselves out
+        # Tasks cancelled before they ran never counted themselves out.
+        self._sending = 0
+        self._sending_to.clear()
         self._scan_task = None
 
     # ---- scan loop -------------------------------------------------------------------------------
@@ -232,6 +231,7 @@ class WebhookDispatcher:
         """Start workers for due streams; return how long the loop may sleep."""
         if self._sending >= self._settings.max_in_flight:
             return MAX_IDLE_SECONDS  # a finishing worker wakes the loop
+        held_back = 0.0
         if self._scan_wanted():
             # A scan costs time in proportion to the pending rows, so scans are spaced out by
             # at least their own duration: at most half the time goes to scanning.
@@ -241,12 +241,16 @@ class WebhookDispatcher:
                 await self._scan()
             elif not self._ready:
                 return pause
+            else:
+                held_back = pause
         await self._start_ready()
-        if self._ready:
+        if self._ready and self._sending >= self._settings.max_in_flight:
             return MAX_IDLE_SECONDS  # every slot is busy; a finishing worker wakes the loop
+        # What is still ready waits for its endpoint's share (a finishing worker wakes the
+        # loop), or for a scan.
         until_due = self._next_due - time.time()
         until_rescan = self._last_scan + MAX_IDLE_SECONDS - time.monotonic()
-        return max(0.0, min(until_due, until_rescan, MAX_IDLE_SECONDS))
+        return max(held_back, min(until_due, until_rescan, MAX_IDLE_SECONDS))
 
     def _scan_wanted(self) -> bool:
         return (
@@ -265,8 +269,16 @@ class WebhookDispatcher:
         started = time.monotonic()
         if self._refresh_wanted or started - self._last_refresh >= ENDPOINT_REFRESH_SECONDS:
             await self._refresh_endpoints()
-        # Heads of busy streams come back too; asking for that many more leaves room for others.
-        heads = await self._outbox.heads(limit=SCAN_BATCH + len(self._streams), now=time.time())
+        now = time.time()
+        heads = await self._outbox.heads(
+            # Heads of busy streams come back too; asking for that many more leaves room.
+            limit=SCAN_BATCH + len(self._streams),
+            now=now,
+            skip_urls=self._health.skipped_urls(now, MAX_SKIPPED_URLS),
+            per_endpoint=2 * self._settings.max_in_flight_per_endpoint,
+            pauses=self._settings.circuit_failure_threshold > 0,
+        )
+        probes = await self._probe_candidates(now)
         now = time.time()
         self._ready.clear()
         for head in heads:
@@ -279,30 +291,75 @@ class WebhookDispatcher:
                 self._due_at(head.delivery.next_attempt_at)
                 break
             self._ready.setdefault(stream, head)
+        for head in probes:
+            if head.delivery.next_attempt_at > now:
+                self._due_at(head.delivery.next_attempt_at)
+            else:
+                self._ready.setdefault(head.delivery.stream, head)
         for pause_ends in self._health.pauses(now):
             self._due_at(pause_ends)
         self._last_scan = time.monotonic()
         self._scan_cost = self._last_scan - started
 
+    async def _probe_candidates(self, now: float) -> list[StreamHead]:
+        """For each half-open endpoint without a probe, the head of its oldest idle stream (the
+        scan leaves these endpoints out, so their many streams do not fill its batch)."""
+        candidates: list[StreamHead] = []
+        for url in self._health.awaiting_probe(now):
+            busy = sum(1 for stream in self._streams if stream[0] == url)
+            for head in await self._outbox.heads_of(url, limit=busy + 1):
+                stream = head.delivery.stream
+                if stream not in self._streams and stream not in self._ended_during_scan:
+                    candidates.append(head)
+                    break
+        return candidates
+
     async def _refresh_endpoints(self) -> None:
-        """Adopt the endpoints' state from the table (changed by a redelivery or a replica)."""
+        """Adopt the endpoints' state from the table (changed by a redelivery or a replica): the
+        rows changed lately, or every unhealthy row now and then."""
         self._refresh_wanted = False
-        started = time.monotonic()
-        rows = await self._outbox.unhealthy_endpoints()
+        started, started_wall = time.monotonic(), time.time()
+        complete = started - self._last_full_read >= ENDPOINT_FULL_READ_SECONDS
+        if complete:
+            try:
+                await self._outbox.delete_idle_endpoints(
+                    now=started_wall,
+                    written_before=datetime.fromtimestamp(
+                        started_wall - ENDPOINT_ROW_TTL_SECONDS, UTC
+                    ),
+                )
+            except Exception:
+                log.exception("webhook dispatcher: deleting idle endpoint rows failed")
+            rows = await self._outbox.unhealthy_endpoints()
+            self._last_full_read = started
+        else:
+            since = self._last_read_wall - ENDPOINT_CHANGE_OVERLAP_SECONDS
+            rows = await self._outbox.endpoints_changed_since(datetime.fromtimestamp(since, UTC))
         self._last_refresh = started
-        self._health.refreshed(rows, started)
+        self._last_read_wall = started_wall
+        for change in self._health.refreshed(rows, started, complete=complete):
+            if self._writer is not None:
+                self._writer.add(None, change)
 
     async def _start_ready(self) -> None:
-        """Start workers for ready streams while there is room, oldest first."""
+        """Start workers for ready streams while there is room, oldest first; a stream whose
+        endpoint has its share of the slots stays ready for later."""
         room = self._settings.max_in_flight - self._sending
+        share = self._settings.max_in_flight_per_endpoint
         chosen: list[StreamHead] = []
+        taken: collections.Counter[str] = collections.Counter()
         now = time.time()
-        while self._ready and len(chosen) < room:
-            stream = next(iter(self._ready))
+        for stream in list(self._ready):
+            if len(chosen) >= room:
+                break
+            url = stream[0]
+            if self._sending_to[url] + taken[url] >= share:
+                continue
             head = self._ready.pop(stream)
             # A half-open endpoint gets one probe: the first of its streams claims it.
-            if stream not in self._streams and self._health.claim(stream[0], stream, now):
+            if stream not in self._streams and self._health.claim(url, stream, now):
                 chosen.append(head)
+                taken[url] += 1
         if not chosen:
             return
         try:
@@ -318,6 +375,7 @@ class WebhookDispatcher:
                 break
             stream = head.delivery.stream
             self._sending += 1
+            self._sending_to[stream[0]] += 1
             self._streams[stream] = asyncio.create_task(
                 self._run_stream(head, self._wakes_at_scan),
                 name=f"webhook-stream:{_host(stream[0])}",
@@ -331,12 +389,22 @@ class WebhookDispatcher:
 
     async def _run_stream(self, head: StreamHead, wakes_at_scan: int) -> None:
         stream = head.delivery.stream
+        url = stream[0]
         try:
             try:
                 written, due_at = await self._drain_stream(head)
             finally:
                 # Its slot is free once it stops sending; another stream may use it meanwhile.
                 self._sending -= 1
+                if self._sending_to[url] >= self._settings.max_in_flight_per_endpoint and not any(
+                    stream[0] == url for stream in self._ready
+                ):
+                    # Its endpoint had its whole share, and none of its other streams is ready
+                    # (a scan leaves out some of a busy endpoint's heads): look for them.
+                    self._rescan = True
+                self._sending_to[url] -= 1
+                if self._sending_to[url] <= 0:
+                    del self._sending_to[url]
                 self._wake.set()
             if written is not None and not await written:
                 await asyncio.sleep(_ERROR_PAUSE_SECONDS)
@@ -347,10 +415,10 @@ class WebhookDispatcher:
                 # while it ran skipped it: look again.
                 self._rescan = True
         except Exception:
-            log.exception("webhook dispatcher: stream to %s failed; trying again", _host(stream[0]))
+            log.exception("webhook dispatcher: stream to %s failed; trying again", _host(url))
             await asyncio.sleep(_ERROR_PAUSE_SECONDS)
         finally:
-            self._health.release(stream[0], stream)
+            self._health.release(url, stream)
             self._streams.pop(stream, None)
             self._ended_during_scan.add(stream)
             self._wake.set()
@@ -381,16 +449,16 @@ class WebhookDispatcher:
                 if not queue:
                     break
             delivery = queue[0]
-            now = time.time()
-            if delivery.next_attempt_at > now:
+            started = time.time()
+            if delivery.next_attempt_at > started:
                 return written, delivery.next_attempt_at  # the scan loop comes back then
-            if not self._health.claim(url, stream, now):
+            if not self._health.claim(url, stream, started):
                 return written, None  # held; the scan loop comes back when it is not
             queue.popleft()
             last = (delivery.seq, delivery.id)
             record = await self._attempt(delivery)
             was_paused = self._is_paused(url)
-            change = self._health.after_attempt(url, record, time.time())
+            change = self._health.after_attempt(url, record, started=started, now=time.time())
             written = self._writer.add(record, change)
             if change is not None:
                 if change.paused_until is not None:
@@ -399,6 +467,8 @@ class WebhookDispatcher:
                     self._rescan = True  # the breaker closed: its other streams may go
                     self._wake.set()
             if record.status == PENDING:
+                if record.last_status_code == GONE_STATUS_CODE:
+                    return written, None  # disabled: held until a redelivery enables it
                 return written, record.next_attempt_at
         return written, None
 
@@ -443,16 +513,17 @@ class WebhookDispatcher:
                 last_status_code=status_code,
                 last_error=None,
                 delivered_at=datetime.now(UTC),
+                generation=delivery.generation,
             )
+        if status_code == GONE_STATUS_CODE:
+            return self._gone(delivery)
         error = f"HTTP {status_code}" + (f": {snippet}" if snippet else "")
         if is_retryable_status(status_code):
             after = None
             if status_code in RETRY_AFTER_STATUS_CODES:
                 after = parse_retry_after(retry_after, time.time())
             return self._retry(delivery, status_code, error, retry_after=after)
-        if status_code == GONE_STATUS_CODE:
-            error = GONE_ERROR  # the endpoint is disabled too (`EndpointHealth`)
-        elif 300 <= status_code < 400:
+        if 300 <= status_code < 400:
             error = f"HTTP {status_code}: redirects are not followed; use the final URL"
         return self._fail(delivery, status_code, error)
 
@@ -460,22 +531,34 @@ class WebhookDispatcher:
         self, url: str, body: bytes, headers: dict[str, str]
     ) -> tuple[int, str | None, str]:
         """POST and return (status code, Retry-After header, start of the response text)."""
-        assert self._client is not None
-        timeout = self._settings.timeout_seconds
-        # httpx's timeout bounds each read; this bounds the whole attempt.
-        async with (
-            asyncio.timeout(timeout),
-            self._client.stream(
-                "POST", url, content=body, headers=headers, timeout=timeout
-            ) as resp,
-        ):
-            received = bytearray()
-            async for chunk in resp.aiter_raw():
-                received += chunk
-                if len(received) >= _RESPONSE_READ_LIMIT:
-                    break  # the connection is dropped rather than reading more
-            snippet = _snippet(bytes(received))
-            return resp.status_code, resp.headers.get("retry-after"), snippet
+        assert self._transport is not None
+        target = self._targets.get(url)
+        if target is None:
+            if len(self._targets) >= _URL_CACHE_SIZE:
+                self._targets.clear()
+            target = self._targets[url] = Target.parse(url)
+        headers.update(_EXTRA_HEADERS)
+        response = await self._transport.post(
+            target, headers, body, timeout=self._settings.timeout_seconds
+        )
+        return response.status_code, response.header("retry-after"), _snippet(response.content)
+
+    def _gone(self, delivery: PendingDelivery) -> AttemptRecord:
+        """410 Gone: the endpoint is disabled (`EndpointHealth`) and the delivery is held with the
+        rest, pending and due, the attempt not counted: the endpoint is at fault, not it."""
+        log.warning(
+            "webhook delivery to %s answered 410 Gone; held until the endpoint is enabled again",
+            _host(delivery.endpoint_url),
+        )
+        return AttemptRecord(
+            delivery.id,
+            PENDING,
+            delivery.attempts,
+            delivery.next_attempt_at,
+            GONE_STATUS_CODE,
+            GONE_ERROR,
+            generation=delivery.generation,
+        )
 
     def _retry(
         self,
@@ -504,7 +587,16 @@ class WebhookDispatcher:
                 shown,
                 attempts,
             )
-            return AttemptRecord(delivery.id, EXHAUSTED, attempts, now, status_code, error)
+            return AttemptRecord(
+                delivery.id,
+                EXHAUSTED,
+                attempts,
+                now,
+                status_code,
+                error,
+                generation=delivery.generation,
+                retry_after=retry_after,
+            )
         log.info(
             "webhook delivery to %s failed (%s), attempt %d; retrying in %.1fs",
             host,
@@ -512,7 +604,16 @@ class WebhookDispatcher:
             attempts,
             when - now,
         )
-        return AttemptRecord(delivery.id, PENDING, attempts, when, status_code, error)
+        return AttemptRecord(
+            delivery.id,
+            PENDING,
+            attempts,
+            when,
+            status_code,
+            error,
+            generation=delivery.generation,
+            retry_after=retry_after,
+        )
 
     def _fail(
         self,
@@ -529,7 +630,15 @@ class WebhookDispatcher:
             status_code if status_code is not None else error,
             attempts,
         )
-        return AttemptRecord(delivery.id, FAILED, attempts, time.time(), status_code, error)
+        return AttemptRecord(
+            delivery.id,
+            FAILED,
+            attempts,
+            time.time(),
+            status_code,
+            error,
+            generation=delivery.generation,
+        )
 
     async def _check_url(self, url: str) -> str | None:
         """Why the URL guard refuses `url` now, or None. A recent verdict for it is reused.
@@ -547,7 +656,7 @@ class WebhookDispatcher:
             raise
         except InvalidRequest as exc:
             refusal = exc.message
-        if len(self._url_checks) >= _URL_CHECK_CACHE_SIZE:
+        if len(self._url_checks) >= _URL_CACHE_SIZE:
             self._url_checks.clear()
         self._url_checks[url] = (now + URL_CHECK_TTL_SECONDS, refusal)
         return refusal
@@ -574,11 +683,12 @@ class _RecordWriter:
         self._task = asyncio.create_task(self._run(), name="webhook-record-writer")
 
     def add(
-        self, record: AttemptRecord, endpoint: EndpointRecord | None = None
+        self, record: AttemptRecord | None, endpoint: EndpointRecord | None = None
     ) -> asyncio.Future[bool]:
-        """Queue `record` (and `endpoint`); the future becomes True once it is committed, False if
-        that failed."""
-        self._records.append(record)
+        """Queue `record` and `endpoint` (either may be None); the future becomes True once they
+        are committed, False if that failed."""
+        if record is not None:
+            self._records.append(record)
         if endpoint is not None:
             self._endpoints.append(endpoint)
         if self._written is None:
@@ -601,25 +711,31 @@ class _RecordWriter:
                 await asyncio.sleep(_WRITE_COALESCE_SECONDS)  # let a batch gather
             self._has_work.clear()
             await self._write_queued()
-            if self._closing and not self._records:
+            if self._closing and not self._records and not self._endpoints:
                 return
 
     async def _write_queued(self) -> None:
         records, endpoints, written = self._records, self._endpoints, self._written
         self._records, self._endpoints, self._written = [], [], None
-        if not records or written is None:
+        if written is None or not (records or endpoints):
             return
         try:
             await self._outbox.record(records, endpoints)
         except Exception:
             # The rows stay pending and are sent again: at least once, never lost.
             log.exception("webhook dispatcher: recording %d attempts failed", len(records))
-            written.set_result(False)
+            _settle(written, False)
         else:
-            written.set_result(True)
+            _settle(written, True)
         finally:
             if endpoints:
                 self._on_written(endpoints)
+
+
+def _settle(written: asyncio.Future[bool], ok: bool) -> None:
+    # A worker cancelled by stop() while awaiting the future cancels it with itself.
+    if not written.done():
+        written.set_result(ok)
 
 
 def _url_and_stream(head: StreamHead) -> tuple[str, StreamKey]:

@@ -7,15 +7,32 @@ finds the heads of many streams, one query loads the next deliveries of one stre
 The health of endpoints (`webhook_endpoints`: disabled, or paused by the circuit breaker) is read
 and written here too: the heads query leaves out the streams of held endpoints, and endpoint
 changes are written in the same transaction as the attempts that caused them.
+
+Redelivery races with attempts under way. Two columns keep a redelivery from being undone: a
+delivery's `generation`, bumped by each redelivery, must still match for an attempt's outcome to
+be recorded; an endpoint's `enabled_at`, set by each redelivery, must not be later than the start
+of the attempt behind an endpoint change for that change to be written.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import Table, and_, bindparam, func, or_, select, update
+from sqlalchemy import (
+    Executable,
+    Table,
+    and_,
+    bindparam,
+    delete,
+    exists,
+    func,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from forge.store.db import Database
@@ -47,6 +64,7 @@ class PendingDelivery:
     secret: str | None
     attempts: int
     next_attempt_at: float
+    generation: int = 0
     body: str | None = None
 
     @property
@@ -64,7 +82,8 @@ class StreamHead:
 
 @dataclass(slots=True, frozen=True)
 class AttemptRecord:
-    """What one attempt changes in its delivery row."""
+    """What one attempt changes in its delivery row. It is recorded only while the row is
+    pending and still in `generation` (no redelivery since the attempt was loaded)."""
 
     id: str
     status: str
@@ -73,11 +92,19 @@ class AttemptRecord:
     last_status_code: int | None
     last_error: str | None
     delivered_at: datetime | None = None
+    generation: int = 0
+    # The answer's Retry-After in seconds, if honoured (not stored: the breaker's pause uses it).
+    retry_after: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
 class EndpointRecord:
-    """The state of one endpoint as written to (or read from) `webhook_endpoints`."""
+    """The state of one endpoint as written to (or read from) `webhook_endpoints`.
+
+    `enabled_at` is read from the table (the last redelivery that enabled it). `observed_at` goes
+    with a write: when the attempt behind the change began; the change is not written over an
+    enable made after that.
+    """
 
     url: str
     status: str
@@ -85,6 +112,8 @@ class EndpointRecord:
     disabled_at: datetime | None
     consecutive_failures: int
     paused_until: float | None
+    enabled_at: float = 0.0
+    observed_at: float = 0.0
 
 
 _DELIVERY_COLUMNS = (
@@ -96,12 +125,18 @@ _DELIVERY_COLUMNS = (
     DeliveryRow.secret,
     DeliveryRow.attempts,
     DeliveryRow.next_attempt_at,
+    DeliveryRow.generation,
 )
 
-# Only rows still pending are changed, so a row reset or cancelled meanwhile is left alone.
+# Only rows still pending in the same generation are changed, so a row redelivered while its
+# attempt was under way (or cancelled meanwhile) is left alone.
 _RECORD_ATTEMPT = (
     update(_deliveries)
-    .where(_deliveries.c.id == bindparam("b_id"), _deliveries.c.status == PENDING)
+    .where(
+        _deliveries.c.id == bindparam("b_id"),
+        _deliveries.c.status == PENDING,
+        _deliveries.c.generation == bindparam("b_generation"),
+    )
     .values(
         status=bindparam("b_status"),
         attempts=bindparam("b_attempts"),
@@ -123,7 +158,20 @@ def _delivery(row: Any, body: str | None = None) -> PendingDelivery:
         secret=row.secret,
         attempts=row.attempts,
         next_attempt_at=row.next_attempt_at,
+        generation=row.generation,
         body=body,
+    )
+
+
+def _endpoint(row: WebhookEndpointRow) -> EndpointRecord:
+    return EndpointRecord(
+        url=row.url,
+        status=row.status,
+        disabled_reason=row.disabled_reason,
+        disabled_at=row.disabled_at,
+        consecutive_failures=row.consecutive_failures,
+        paused_until=row.paused_until,
+        enabled_at=row.enabled_at,
     )
 
 
@@ -134,15 +182,42 @@ class Outbox:
         self._db = db
         self._upsert_endpoints = _upsert_endpoints(db.is_sqlite)
 
-    async def heads(self, limit: int, now: float) -> list[StreamHead]:
-        """Up to `limit` stream heads, earliest `next_attempt_at` first (due or not), leaving out
-        endpoints the table says are disabled or paused at `now` (their rows wait)."""
-        held = select(WebhookEndpointRow.url).where(
-            or_(
-                WebhookEndpointRow.status == ENDPOINT_DISABLED,
-                WebhookEndpointRow.paused_until > now,
-            )
-        )
+    async def heads(
+        self,
+        limit: int,
+        now: float,
+        *,
+        skip_urls: Collection[str] = (),
+        per_endpoint: int | None = None,
+        pauses: bool = True,
+    ) -> list[StreamHead]:
+        """Up to `limit` stream heads, earliest `next_attempt_at` first (due or not).
+
+        Left out: endpoints the table says are disabled, or paused at `now` (unless `pauses` is
+        False: the breaker is off), and the `skip_urls` (held or half-open in the dispatcher's
+        memory). With `per_endpoint`, at most that many heads of one endpoint are returned, so
+        an endpoint with a large backlog cannot fill the batch and hide the others.
+        """
+        held_rule = WebhookEndpointRow.status == ENDPOINT_DISABLED
+        if pauses:
+            held_rule = or_(held_rule, WebhookEndpointRow.paused_until > now)
+        conditions = [
+            DeliveryRow.status == PENDING,
+            DeliveryRow.endpoint_url.not_in(select(WebhookEndpointRow.url).where(held_rule)),
+        ]
+        if skip_urls:
+            conditions.append(DeliveryRow.endpoint_url.not_in(list(skip_urls)))
+        return await self._heads(conditions, limit, per_endpoint)
+
+    async def heads_of(self, url: str, limit: int) -> list[StreamHead]:
+        """Up to `limit` heads of the streams to `url`, earliest `next_attempt_at` first: the
+        candidates for the one probe of a half-open endpoint."""
+        conditions = [DeliveryRow.status == PENDING, DeliveryRow.endpoint_url == url]
+        return await self._heads(conditions, limit, None)
+
+    async def _heads(
+        self, conditions: list[Any], limit: int, per_endpoint: int | None
+    ) -> list[StreamHead]:
         groups = (
             select(
                 DeliveryRow.endpoint_url,
@@ -150,12 +225,22 @@ class Outbox:
                 func.min(DeliveryRow.seq).label("head_seq"),
                 func.count().label("pending"),
             )
-            .where(DeliveryRow.status == PENDING, DeliveryRow.endpoint_url.not_in(held))
+            .where(*conditions)
             .group_by(DeliveryRow.endpoint_url, DeliveryRow.agent_id)
             .subquery()
         )
-        stmt = (
-            select(*_DELIVERY_COLUMNS, groups.c.pending)
+        columns: list[Any] = [*_DELIVERY_COLUMNS, groups.c.pending]
+        if per_endpoint is not None:
+            columns.append(
+                func.row_number()
+                .over(
+                    partition_by=DeliveryRow.endpoint_url,
+                    order_by=(DeliveryRow.next_attempt_at, DeliveryRow.id),
+                )
+                .label("rank")
+            )
+        joined = (
+            select(*columns)
             .join(
                 groups,
                 and_(
@@ -165,9 +250,17 @@ class Outbox:
                 ),
             )
             .where(DeliveryRow.status == PENDING)
-            .order_by(DeliveryRow.next_attempt_at, DeliveryRow.id)
-            .limit(limit)
         )
+        if per_endpoint is None:
+            stmt = joined.order_by(DeliveryRow.next_attempt_at, DeliveryRow.id).limit(limit)
+        else:
+            ranked = joined.subquery()
+            stmt = (
+                select(ranked)
+                .where(ranked.c.rank <= per_endpoint)
+                .order_by(ranked.c.next_attempt_at, ranked.c.id)
+                .limit(limit)
+            )
         async with self._db.read() as session:
             rows = (await session.execute(stmt)).all()
         return [StreamHead(_delivery(row), row.pending) for row in rows]
@@ -211,7 +304,7 @@ class Outbox:
         return [_delivery(row, row.body) for row in rows]
 
     async def unhealthy_endpoints(self) -> list[EndpointRecord]:
-        """Every endpoint the table says is disabled, paused or failing (a few, normally)."""
+        """Every endpoint the table says is disabled, paused or failing."""
         stmt = select(WebhookEndpointRow).where(
             or_(
                 WebhookEndpointRow.status != ENDPOINT_ACTIVE,
@@ -221,17 +314,43 @@ class Outbox:
         )
         async with self._db.read() as session:
             rows = (await session.scalars(stmt)).all()
-        return [
-            EndpointRecord(
-                url=row.url,
-                status=row.status,
-                disabled_reason=row.disabled_reason,
-                disabled_at=row.disabled_at,
-                consecutive_failures=row.consecutive_failures,
-                paused_until=row.paused_until,
-            )
-            for row in rows
-        ]
+        return [_endpoint(row) for row in rows]
+
+    async def endpoints_changed_since(self, since: datetime) -> list[EndpointRecord]:
+        """The endpoints whose row was written at or after `since`, healthy ones included (an
+        index on `updated_at` keeps this cheap however many rows there are)."""
+        stmt = select(WebhookEndpointRow).where(WebhookEndpointRow.updated_at >= since)
+        async with self._db.read() as session:
+            rows = (await session.scalars(stmt)).all()
+        return [_endpoint(row) for row in rows]
+
+    async def delete_idle_endpoints(self, now: float, written_before: datetime) -> int:
+        """Delete the rows, last written before `written_before`, that no longer hold anything
+        back: active and healthy, or active with the pause over and no pending deliveries.
+        Returns how many were deleted."""
+        no_pending = ~exists().where(
+            DeliveryRow.endpoint_url == WebhookEndpointRow.url, DeliveryRow.status == PENDING
+        )
+        stmt = delete(WebhookEndpointRow).where(
+            WebhookEndpointRow.status == ENDPOINT_ACTIVE,
+            WebhookEndpointRow.updated_at < written_before,
+            or_(
+                and_(
+                    WebhookEndpointRow.consecutive_failures == 0,
+                    WebhookEndpointRow.paused_until.is_(None),
+                ),
+                and_(
+                    or_(
+                        WebhookEndpointRow.paused_until.is_(None),
+                        WebhookEndpointRow.paused_until < now,
+                    ),
+                    no_pending,
+                ),
+            ),
+        )
+        async with self._db.write() as session:
+            result = await session.execute(stmt)
+        return int(getattr(result, "rowcount", 0) or 0)
 
     async def record(
         self, records: list[AttemptRecord], endpoints: list[EndpointRecord] | None = None
@@ -243,6 +362,7 @@ class Outbox:
         params = [
             {
                 "b_id": r.id,
+                "b_generation": r.generation,
                 "b_status": r.status,
                 "b_attempts": r.attempts,
                 "b_next_attempt_at": r.next_attempt_at,
@@ -261,14 +381,19 @@ class Outbox:
                 await session.execute(self._upsert_endpoints, [_values(e) for e in latest.values()])
 
 
+def _insert(is_sqlite: bool) -> Any:
+    return sqlite.insert(_endpoints) if is_sqlite else postgresql.insert(_endpoints)
+
+
 def _upsert_endpoints(is_sqlite: bool) -> Any:
-    """INSERT ... ON CONFLICT (url) DO UPDATE, in the dialect's own syntax."""
-    insert = sqlite.insert if is_sqlite else postgresql.insert
-    stmt = insert(_endpoints)
-    columns = [c.name for c in _endpoints.columns if c.name != "url"]
+    """INSERT ... ON CONFLICT (url) DO UPDATE, in the dialect's own syntax, that leaves alone a
+    row enabled by a redelivery after the attempt behind the change began (`b_observed_at`)."""
+    stmt = _insert(is_sqlite)
+    columns = [c.name for c in _endpoints.columns if c.name not in ("url", "enabled_at")]
     return stmt.on_conflict_do_update(
         index_elements=[_endpoints.c.url],
         set_={name: stmt.excluded[name] for name in columns},
+        where=_endpoints.c.enabled_at <= bindparam("b_observed_at"),
     )
 
 
@@ -280,5 +405,29 @@ def _values(endpoint: EndpointRecord) -> dict[str, Any]:
         "disabled_at": endpoint.disabled_at,
         "consecutive_failures": endpoint.consecutive_failures,
         "paused_until": endpoint.paused_until,
+        "enabled_at": 0.0,
         "updated_at": utcnow(),
+        "b_observed_at": endpoint.observed_at,
     }
+
+
+def enable_endpoint(url: str, now: float, *, is_sqlite: bool) -> Executable:
+    """The statement that enables `url` again for a redelivery: active, no failures, not paused,
+    `enabled_at = now`. It makes the row if there is none, so a change the dispatcher decided
+    earlier and has not written yet cannot disable or pause the endpoint again."""
+    values = {
+        "url": url,
+        "status": ENDPOINT_ACTIVE,
+        "disabled_reason": None,
+        "disabled_at": None,
+        "consecutive_failures": 0,
+        "paused_until": None,
+        "enabled_at": now,
+        "updated_at": datetime.fromtimestamp(now, UTC),
+    }
+    stmt = _insert(is_sqlite).values(values)
+    upsert: Executable = stmt.on_conflict_do_update(
+        index_elements=[_endpoints.c.url],
+        set_={name: stmt.excluded[name] for name in values if name != "url"},
+    )
+    return upsert

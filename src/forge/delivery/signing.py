@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import time
@@ -33,11 +34,7 @@ def signing_key(secret: str) -> bytes:
         raise InvalidRequest("webhook_secret must not be empty", code="invalid_webhook_secret")
     if not secret.startswith(SECRET_PREFIX):
         return secret.encode()
-    encoded = secret[len(SECRET_PREFIX) :]
-    try:
-        key = base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
-    except (binascii.Error, ValueError):
-        key = b""
+    key = _decoded_key(secret)
     if not key:
         raise InvalidRequest(
             "a webhook_secret starting with 'whsec_' must be followed by base64 bytes "
@@ -45,6 +42,17 @@ def signing_key(secret: str) -> bytes:
             code="invalid_webhook_secret",
         )
     return key
+
+
+@functools.lru_cache(maxsize=1024)
+def _decoded_key(secret: str) -> bytes:
+    """The bytes after `whsec_`, or b"" if they are not base64. Cached: every attempt of every
+    delivery signs with its secret, and a run's deliveries share one."""
+    encoded = secret[len(SECRET_PREFIX) :]
+    try:
+        return base64.b64decode(encoded + "=" * (-len(encoded) % 4), validate=True)
+    except (binascii.Error, ValueError):
+        return b""
 
 
 def validate_webhook_secret(secret: str) -> None:

@@ -158,13 +158,19 @@ class DeliveryRow(Base):
     last_error: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # Bumped by each redelivery. An attempt's outcome is recorded only if the generation is still
+    # the one it was sent in, so an attempt under way cannot undo a redelivery.
+    generation: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class WebhookEndpointRow(Base):
     """The health of one webhook URL, across all its agents: disabled (410 Gone) or paused by the
-    circuit breaker. A row is made on the endpoint's first failure; no row means healthy."""
+    circuit breaker. A row is made on the endpoint's first failure or a redelivery; no row means
+    healthy. Rows that are healthy again, or idle, are deleted by the dispatcher after a while."""
 
     __tablename__ = "webhook_endpoints"
+    # The dispatcher reads the rows changed since its last read every second.
+    __table_args__ = (Index("ix_webhook_endpoints_updated", "updated_at"),)
 
     url: Mapped[str] = mapped_column(Text, primary_key=True)
     # active | disabled (answered 410 Gone; its deliveries wait for a redelivery to enable it)
@@ -176,6 +182,9 @@ class WebhookEndpointRow(Base):
     # Seconds since the epoch until which nothing is sent (the breaker is open); once past, one
     # probe is sent. None: the breaker is closed.
     paused_until: Mapped[float | None] = mapped_column(Float)
+    # Seconds since the epoch of the last redelivery that enabled the endpoint (0: none). A change
+    # the dispatcher decided on an attempt begun before then is not written over it.
+    enabled_at: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
 

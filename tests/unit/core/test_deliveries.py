@@ -145,4 +145,26 @@ async def test_redeliver_resets_the_delivery_and_enables_its_endpoint(db: Databa
         None,
     )
     assert (endpoint.consecutive_failures, endpoint.paused_until) == (0, None)
-    assert (row.status, row.attempts) == ("pending", 0)
+    assert endpoint.enabled_at >= before
+    assert (row.status, row.attempts, row.generation) == ("pending", 0, 1)
+
+
+async def test_redeliver_makes_the_endpoint_row_when_there_is_none(db: Database) -> None:
+    # Its row may not be written yet (a 410 still queued in the dispatcher): the enable is kept
+    # in a row of its own, which an older change cannot overwrite.
+    await _agent_with_deliveries(db, 1)
+    before = time.time()
+    await _service(db).redeliver("dlv_001_1", None)
+    await _service(db).redeliver("dlv_001_1", None)
+    async with db.read() as session:
+        endpoint = await session.get(WebhookEndpointRow, AUDIT)
+        row = await session.get(DeliveryRow, "dlv_001_1")
+        other = await session.get(WebhookEndpointRow, HOOK)
+    assert endpoint is not None and other is None
+    assert (endpoint.status, endpoint.consecutive_failures, endpoint.paused_until) == (
+        "active",
+        0,
+        None,
+    )
+    assert endpoint.enabled_at >= before
+    assert row is not None and row.generation == 2

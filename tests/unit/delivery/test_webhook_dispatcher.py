@@ -11,9 +11,13 @@ import time
 from email.utils import formatdate
 from pathlib import Path
 
+import pytest
 from standardwebhooks import Webhook
 
+from forge.config import WebhookSettings
+from forge.core.deliveries import DeliveryService
 from forge.delivery import WebhookDispatcher
+from forge.delivery import dispatcher as dispatcher_module
 from forge.store.db import Database
 
 SECRET = "whsec_" + base64.b64encode(b"0123456789abcdef0123456789abcdef").decode()
@@ -188,25 +192,24 @@ async def test_redirects_fail_at_once_and_gone_disables_the_endpoint(
 
     async def settled() -> bool:
         rows = await deliveries_by_event(db)
-        return [rows[e].status for e in moved_ids + gone_ids] == [
-            "failed",
-            "failed",
-            "failed",
-            "pending",
-        ]
+        statuses = [rows[e].status for e in moved_ids] == ["failed", "failed"]
+        return statuses and rows[gone_ids[0]].last_status_code == 410
 
     await wait_until(settled)
-    await asyncio.sleep(0.2)  # longer than the retry schedule: the held one stays held
+    await asyncio.sleep(0.2)  # longer than the retry schedule: the held ones stay held
     rows = await deliveries_by_event(db)
     assert rows[moved_ids[0]].last_error == (
         "HTTP 301: redirects are not followed; use the final URL"
     )
-    assert rows[gone_ids[0]].last_status_code == 410
-    assert rows[gone_ids[0]].last_error == (
+    # The delivery that got the 410 is held like the rest: pending, its attempt not counted.
+    first = rows[gone_ids[0]]
+    assert (first.status, first.attempts, first.last_status_code) == ("pending", 0, 410)
+    assert first.last_error == (
         "HTTP 410 Gone: endpoint disabled; redeliver a delivery to enable it again"
     )
     # The rest of the endpoint's deliveries wait for it to be enabled again, attempts unused.
-    assert rows[gone_ids[1]].status == "pending" and rows[gone_ids[1]].attempts == 0
+    assert (rows[gone_ids[1]].status, rows[gone_ids[1]].attempts) == ("pending", 0)
+    assert rows[gone_ids[1]].last_status_code is None
     assert len(moved.requests) == 2 and len(gone.requests) == 1
 
 
@@ -459,3 +462,71 @@ async def test_a_burst_of_many_deliveries(
     assert sorted(len(v) for v in by_agent.values()) == [150] * 10 + [500]
     assert all(v == sorted(v) for v in by_agent.values())
     await wait_until(lambda: _statuses(db, deliveries_by_event, {"delivered"}))
+
+
+async def test_a_stalled_endpoint_takes_at_most_its_share_of_the_slots(
+    db, receivers, add_deliveries, dispatchers, fast_settings, wait_until, monkeypatch
+) -> None:
+    # Its backlog is also larger than one scan of the outbox.
+    monkeypatch.setattr(dispatcher_module, "SCAN_BATCH", 10)
+    release = asyncio.Event()
+
+    async def hang(_request) -> int:
+        await release.wait()
+        return 200
+
+    stalled = await receivers(hang)
+    healthy = await receivers()
+    for _ in range(30):  # written first: the oldest heads
+        await add_deliveries(db, stalled.url, 2)
+    for _ in range(5):
+        await add_deliveries(db, healthy.url, 10)
+    settings = fast_settings(timeout_seconds=30, max_in_flight=8, max_in_flight_per_endpoint=3)
+    await dispatchers(db, settings)
+
+    await wait_until(lambda: len(healthy.requests) == 50, within=10)
+    await wait_until(lambda: len(stalled.requests) == 3)
+    assert not release.is_set() and len(stalled.requests) == 3  # its first wave, still hanging
+    by_agent: dict[str, list[int]] = collections.defaultdict(list)
+    for item in healthy.received_json():
+        by_agent[str(item["agent_id"])].append(int(item["seq"]))
+    assert sorted(by_agent.values()) == [list(range(1, 11))] * 5
+    release.set()
+
+
+def test_the_per_endpoint_limit_is_validated() -> None:
+    assert WebhookSettings().max_in_flight_per_endpoint == 16
+    assert WebhookSettings(max_in_flight=4).max_in_flight_per_endpoint == 4  # the default follows
+    assert WebhookSettings(max_in_flight=4, max_in_flight_per_endpoint=4).max_in_flight == 4
+    with pytest.raises(ValueError, match="max_in_flight_per_endpoint"):
+        WebhookSettings(max_in_flight=4, max_in_flight_per_endpoint=5)
+    with pytest.raises(ValueError):
+        WebhookSettings(max_in_flight_per_endpoint=0)
+
+
+async def test_a_redelivery_during_an_attempt_is_not_undone_by_its_outcome(
+    db, receivers, add_deliveries, deliveries_by_event, dispatchers, fast_settings, wait_until
+) -> None:
+    first_in, answer_first = asyncio.Event(), asyncio.Event()
+
+    async def respond(_request) -> int:
+        if len(receiver.requests) == 1:
+            first_in.set()
+            await answer_first.wait()
+            return 503  # would be retried in 60 s
+        return 200
+
+    receiver = await receivers(respond)
+    event_ids = await add_deliveries(db, receiver.url, 1)
+    dispatcher = await dispatchers(db, fast_settings(retry_schedule_seconds=[60]))
+    await wait_until(first_in.is_set)
+
+    delivery_id = (await deliveries_by_event(db))[event_ids[0]].id
+    service = DeliveryService(db, endpoint_changed=dispatcher.endpoint_changed)
+    await service.redeliver(delivery_id, None)
+    answer_first.set()  # the attempt under way ends after the redelivery
+
+    await wait_until(lambda: len(receiver.requests) == 2, within=3)  # sent again, now
+    await wait_until(lambda: _statuses(db, deliveries_by_event, {"delivered"}))
+    row = (await deliveries_by_event(db))[event_ids[0]]
+    assert (row.attempts, row.last_status_code, row.generation) == (1, 200, 1)

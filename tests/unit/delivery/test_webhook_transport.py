@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import httpx
 import pytest
 
-from forge.delivery.transport import MAX_RESPONSE_BODY, WebhookTransport
+from forge.delivery.transport import MAX_RESPONSE_BODY, Target, WebhookTransport
 
 # Called with the reader/writer of one connection after each request head+body has been read.
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, bytes], Awaitable[bool]]
@@ -226,3 +226,76 @@ async def test_header_injection_is_refused(raw_server, client) -> None:
     with pytest.raises(httpx.LocalProtocolError):
         await client.post(server.url, content=b"a", headers={"x-a": "b\r\nx-evil: 1"})
     assert server.requests == []
+
+
+async def test_post_sends_to_a_parsed_target_on_kept_alive_connections(raw_server) -> None:
+    server = await raw_server(
+        reply(b"HTTP/1.1 202 Accepted\r\nretry-after: 5\r\ncontent-length: 2\r\n\r\nok")
+    )
+    transport = WebhookTransport()
+    target = Target.parse(server.url)
+    try:
+        for n in range(3):
+            response = await transport.post(target, {"x-a": "b"}, b'{"n": %d}' % n, timeout=2)
+            assert (response.status_code, response.reason_phrase) == (202, "Accepted")
+            assert (response.content, response.header("retry-after")) == (b"ok", "5")
+    finally:
+        await transport.aclose()
+    assert server.connections == 1
+    first = server.requests[0]
+    assert first.startswith(b"POST /hook?x=1 HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n" % server.port)
+    assert b"\r\nx-a: b\r\n" in first and b"\r\nContent-Length: 8\r\n" in first
+    assert first.endswith(b'\r\n\r\n{"n": 0}')
+
+
+async def test_post_bounds_the_whole_exchange_with_one_deadline(raw_server) -> None:
+    async def trickle(_r, writer: asyncio.StreamWriter, _req: bytes) -> bool:
+        writer.write(b"HTTP/1.1 200 OK\r\n")
+        for n in range(50):  # a header line every 0.05 s: no single read waits long
+            await asyncio.sleep(0.05)
+            writer.write(b"x-%d: 1\r\n" % n)
+            await writer.drain()
+        return False
+
+    server = await raw_server(trickle)
+    transport = WebhookTransport()
+    started = asyncio.get_running_loop().time()
+    try:
+        with pytest.raises(httpx.TimeoutException):
+            await transport.post(Target.parse(server.url), {}, b"a", timeout=0.3)
+    finally:
+        await transport.aclose()
+    assert asyncio.get_running_loop().time() - started < 1.5
+
+
+async def test_post_cuts_large_answers_refuses_header_injection_and_checks_addresses(
+    raw_server,
+) -> None:
+    big = b"x" * (MAX_RESPONSE_BODY * 2)
+    server = await raw_server(
+        reply(b"HTTP/1.1 500 Oops\r\ncontent-length: %d\r\n\r\n" % len(big) + big)
+    )
+    target = Target.parse(server.url)
+    transport = WebhookTransport()
+    guarded = WebhookTransport(check_address=lambda _host, _address: "loopback")
+    try:
+        response = await transport.post(target, {}, b"a", timeout=2)
+        assert (response.status_code, len(response.content)) == (500, MAX_RESPONSE_BODY)
+        with pytest.raises(httpx.LocalProtocolError):
+            await transport.post(target, {"x-a": "b\r\nx-evil: 1"}, b"a", timeout=2)
+        with pytest.raises(httpx.ConnectError, match="refused: loopback"):
+            await guarded.post(target, {}, b"a", timeout=2)
+    finally:
+        await transport.aclose()
+        await guarded.aclose()
+    assert server.connections == 1 and len(server.requests) == 1
+
+
+def test_targets_are_parsed_once_per_url() -> None:
+    target = Target.parse("https://Example.COM/hooks/a?token=1")
+    assert (target.scheme, target.host, target.port) == ("https", "example.com", 443)
+    assert (target.host_header, target.path) == (b"example.com", b"/hooks/a?token=1")
+    assert Target.parse("http://[::1]:8080").host_header == b"[::1]:8080"
+    assert Target.parse("http://[::1]:8080").host == "::1"
+    with pytest.raises(httpx.UnsupportedProtocol):
+        Target.parse("ftp://example.com/")
