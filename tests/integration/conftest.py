@@ -34,6 +34,23 @@ def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
     raise AssertionError("condition not met in time")
 
 
+def runner_pids(text: str) -> list[int]:
+    """Live (not zombie) `forge.runner` processes whose command line contains `text` (an agent
+    id, or a server's data directory)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
+        except OSError:
+            continue
+        if "forge.runner" in cmdline and text in cmdline and state != "Z":
+            pids.append(int(entry.name))
+    return pids
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ForgeServer, wait_for
+from tests.integration.conftest import ForgeServer, runner_pids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -38,21 +38,6 @@ def _alive(pgid: int) -> bool:
     return True
 
 
-def _runner_pids(agent_id: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()
-            state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
-        except OSError:
-            continue
-        if "forge.runner" in cmdline and agent_id in cmdline and state != "Z":
-            pids.append(int(entry.name))
-    return pids
-
-
 def _start_long_run(server: ForgeServer) -> tuple[dict[str, Any], str, int]:
     agent = server.create_agent(profile="moody")
     reply = server.http.post(f"/api/v1/agents/{agent['id']}/messages", json={"content": "wait"})
@@ -73,7 +58,7 @@ def test_a_dead_runner_ends_its_run_and_the_next_message_starts_a_new_one(
     server: ForgeServer = forge_server(MOODY)
     agent, request_id, pgid = _start_long_run(server)
     agent_id = agent["id"]
-    [runner_pid] = _runner_pids(agent_id)
+    [runner_pid] = runner_pids(agent_id)
 
     os.kill(runner_pid, signal.SIGKILL)
 
@@ -91,7 +76,7 @@ def test_a_dead_runner_ends_its_run_and_the_next_message_starts_a_new_one(
     again = server.wait_final(agent_id, reply.json()["request_id"])
     assert again[-1]["outcome"] == "succeeded"
     assert "got hello" in [(e.get("entry") or {}).get("text") for e in again]
-    assert len(_runner_pids(agent_id)) == 1
+    assert len(runner_pids(agent_id)) == 1
     history = server.history(agent_id)
     assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
 
@@ -102,7 +87,7 @@ def test_a_runner_that_died_while_the_platform_was_down_is_reported_lost_on_star
     server: ForgeServer = forge_server(MOODY)
     agent, request_id, pgid = _start_long_run(server)
     agent_id = agent["id"]
-    [runner_pid] = _runner_pids(agent_id)
+    [runner_pid] = runner_pids(agent_id)
     before = len(server.history(agent_id))
 
     server.stop(signal.SIGKILL)
@@ -142,7 +127,7 @@ def test_deleting_an_agent_mid_run_ends_the_run_once_and_leaves_no_process(
     assert reply.status_code == 204
 
     assert not _alive(pgid)
-    assert _runner_pids(agent_id) == []
+    assert runner_pids(agent_id) == []
     history = server.history(agent_id)  # the log outlives the agent
     assert [e["seq"] for e in history] == list(range(1, len(history) + 1))
     finals = [

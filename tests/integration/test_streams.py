@@ -17,7 +17,7 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
-from tests.integration.conftest import ForgeServer, wait_for
+from tests.integration.conftest import ForgeServer, runner_pids, wait_for
 from tests.support.streams import StreamFollower
 
 pytestmark = pytest.mark.integration
@@ -306,8 +306,8 @@ def test_sigterm_with_streams_open_exits_promptly_and_leaves_the_run_going(
     request_id = _send(server, agent_id)
     wait_for(lambda: len(follower.seqs) >= 4)
 
-    runner_pids = _runner_pids(server)
-    assert runner_pids
+    runner_pids_before = runner_pids(str(server.data_dir))
+    assert runner_pids_before
     proc = server.proc
     proc.send_signal(signal.SIGTERM)
     # Open streams do not hold the shutdown up: the server ends them and exits by itself.
@@ -318,7 +318,7 @@ def test_sigterm_with_streams_open_exits_promptly_and_leaves_the_run_going(
     assert not sse.is_alive(), "the SSE response did not end"
     assert 1012 in follower.close_codes
     # The runner kept running.
-    assert all(_alive(pid) for pid in runner_pids)
+    assert all(_alive(pid) for pid in runner_pids_before)
 
     server.proc = None
     server.start()
@@ -328,20 +328,6 @@ def test_sigterm_with_streams_open_exits_promptly_and_leaves_the_run_going(
     assert follower.seqs == [e["seq"] for e in events] == list(range(1, len(events) + 1))
     ticks = [e["entry"]["text"] for e in events if e["event_type"] == "agent.event"]
     assert ticks == [f"tick {i}" for i in range(1, 21)]
-
-
-def _runner_pids(server: ForgeServer) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"forge.runner" in cmdline and any(str(server.data_dir).encode() in a for a in cmdline):
-            pids.append(int(entry.name))
-    return pids
 
 
 def _alive(pid: int) -> bool:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -40,6 +40,39 @@ def _frames(events: Sequence[StoredEvent]) -> bytes:
     ).encode()
 
 
+async def follow_log(
+    eventlog: EventLog,
+    bus: EventBus,
+    agent_id: str,
+    after: int,
+    *,
+    idle: float,
+    agent_gone: AgentGone | None = None,
+) -> AsyncGenerator[Sequence[StoredEvent]]:
+    """The events after `after`, page by page: the log first, then what the bus hands over.
+
+    An empty page means `idle` seconds went by without an event. The pages end when the server
+    shuts down (after the current page) or, checked when idle, once `agent_gone()` is true.
+    """
+    last = after
+    fresh: Sequence[StoredEvent] = ()  # handed over by the bus: no need to read the log
+    while True:
+        events = fresh or await eventlog.read_stored(agent_id, after=last, limit=PAGE)
+        more = not fresh and len(events) == PAGE
+        if events:
+            yield events
+            last = events[-1].seq
+        if bus.closed:
+            return
+        if more:
+            continue
+        woken, fresh = await bus.wait_for_events(agent_id, last, timeout=idle)
+        if not woken:
+            if agent_gone is not None and await agent_gone():
+                return
+            yield ()
+
+
 async def sse_stream(
     eventlog: EventLog,
     bus: EventBus,
@@ -50,31 +83,18 @@ async def sse_stream(
     agent_gone: AgentGone | None = None,
 ) -> AsyncIterator[bytes]:
     """Yield SSE frames for every event with `seq` > `after` until the client goes, the server
-    shuts down, or (checked when idle) `agent_gone()` says the agent was deleted.
+    shuts down (the client reconnects with Last-Event-ID), or the agent is deleted.
 
     Each frame's `id` is the event's `seq`, so a browser's automatic reconnect (or any client
     sending `Last-Event-ID`) resumes exactly after the last event it saw. One chunk carries a
     whole page of the log, so a fast agent costs one write per page, not one per event. A
     comment line is sent after `keepalive` seconds of silence.
     """
-    last = after
-    fresh: Sequence[StoredEvent] = ()  # handed over by the bus: no need to read the log
     yield b"retry: 2000\n: stream of agent events\n\n"
-    while True:
-        events = fresh or await eventlog.read_stored(agent_id, after=last, limit=PAGE)
-        more = not fresh and len(events) == PAGE
-        if events:
-            yield _frames(events)
-            last = events[-1].seq
-        if bus.closed:
-            return  # shutting down; the client reconnects with Last-Event-ID
-        if more:
-            continue
-        woken, fresh = await bus.wait_for_events(agent_id, last, timeout=keepalive)
-        if not woken:
-            if agent_gone is not None and await agent_gone():
-                return
-            yield b": keep-alive\n\n"
+    pages = follow_log(eventlog, bus, agent_id, after, idle=keepalive, agent_gone=agent_gone)
+    async with contextlib.aclosing(pages):
+        async for page in pages:
+            yield _frames(page) if page else b": keep-alive\n\n"
 
 
 class WebSocketStream:
@@ -128,38 +148,33 @@ class WebSocketStream:
 
     async def _send_events(self) -> None:
         loop = asyncio.get_running_loop()
-        fresh: Sequence[StoredEvent] = ()  # handed over by the bus: no need to read the log
-        while True:
-            events = fresh or await self._eventlog.read_stored(
-                self._agent_id, after=self._last, limit=PAGE
-            )
-            more = not fresh and len(events) == PAGE
-            if events:
+        pages = follow_log(
+            self._eventlog,
+            self._bus,
+            self._agent_id,
+            self._last,
+            idle=KEEPALIVE_SECONDS,
+            agent_gone=self._agent_gone,
+        )
+        async with contextlib.aclosing(pages):
+            async for page in pages:
                 try:
                     # One timer for the page, pushed forward after every frame taken.
                     async with asyncio.timeout(self._send_timeout) as deadline:
-                        for event in events:
+                        for event in page:
                             await self._ws.send_text(event.body)
                             self._last = event.seq
                             deadline.reschedule(loop.time() + self._send_timeout)
                 except TimeoutError:
                     await self._close_slow_consumer()
                     return
-            if self._bus.closed:
-                # Right after the current page: a client far behind resumes on the next server.
-                await self._close(
-                    WS_CLOSE_SERVICE_RESTART,
-                    f"server restarting; reconnect with after={self._last}",
-                )
-                return
-            if more:
-                continue
-            woken, fresh = await self._bus.wait_for_events(
-                self._agent_id, self._last, timeout=KEEPALIVE_SECONDS
+        if self._bus.closed:
+            # Right after the current page: a client far behind resumes on the next server.
+            await self._close(
+                WS_CLOSE_SERVICE_RESTART, f"server restarting; reconnect with after={self._last}"
             )
-            if not woken and self._agent_gone is not None and await self._agent_gone():
-                await self._close(WS_CLOSE_NORMAL, "the agent was deleted")
-                return
+        else:
+            await self._close(WS_CLOSE_NORMAL, "the agent was deleted")
 
     async def _close_slow_consumer(self) -> None:
         log.warning(

@@ -8,6 +8,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import functools
 import time
 from datetime import UTC, datetime, timedelta
 
@@ -30,6 +31,16 @@ async def endpoint_row(db: Database, url: str) -> WebhookEndpointRow | None:
         return await session.get(WebhookEndpointRow, url)
 
 
+async def is_disabled(db: Database, url: str) -> bool:
+    row = await endpoint_row(db, url)
+    return row is not None and row.status == "disabled"
+
+
+async def is_paused(db: Database, url: str) -> bool:
+    row = await endpoint_row(db, url)
+    return row is not None and row.paused_until is not None
+
+
 def seqs_by_agent(receiver) -> dict[str, list[int]]:
     by_agent: dict[str, list[int]] = collections.defaultdict(list)
     for item in receiver.received_json():
@@ -48,11 +59,7 @@ async def test_gone_disables_the_endpoint_holds_the_rest_and_redeliver_enables_i
     await add_deliveries(db, other.url, 5)
     dispatcher = await dispatchers(db, fast_settings())
 
-    async def disabled() -> bool:
-        row = await endpoint_row(db, gone.url)
-        return row is not None and row.status == "disabled"
-
-    await wait_until(disabled)
+    await wait_until(functools.partial(is_disabled, db, gone.url))
     # Another agent's deliveries to the same URL come later: held too, not attempted.
     b_ids = await add_deliveries(db, gone.url, 2, agent_id=agent_b)
     dispatcher.wake()
@@ -105,11 +112,7 @@ async def test_an_endpoint_enabled_in_the_table_by_another_process_is_noticed(
     event_ids = await add_deliveries(db, receiver.url, 3)
     first = await dispatchers(db, fast_settings())
 
-    async def disabled() -> bool:
-        row = await endpoint_row(db, receiver.url)
-        return row is not None and row.status == "disabled"
-
-    await wait_until(disabled)
+    await wait_until(functools.partial(is_disabled, db, receiver.url))
     await first.stop(grace_seconds=0.1)
 
     # A restarted dispatcher reads the endpoint's state: still disabled, nothing is sent.
@@ -267,11 +270,7 @@ async def test_paused_endpoints_hold_only_themselves(
     )
     dispatcher = await dispatchers(db, settings)
 
-    async def paused() -> bool:
-        row = await endpoint_row(db, failing.url)
-        return row is not None and row.paused_until is not None
-
-    await wait_until(paused)
+    await wait_until(functools.partial(is_paused, db, failing.url))
     await add_deliveries(db, healthy.url, 20)
     dispatcher.wake()
     await wait_until(lambda: len(healthy.requests) == 20, within=2)
@@ -300,11 +299,7 @@ async def test_redeliver_ends_a_pause(
     )
     dispatcher = await dispatchers(db, settings)
 
-    async def paused() -> bool:
-        row = await endpoint_row(db, receiver.url)
-        return row is not None and row.paused_until is not None
-
-    await wait_until(paused)
+    await wait_until(functools.partial(is_paused, db, receiver.url))
     answer["status"] = 200
     async with db.read() as session:
         delivery_id = await session.scalar(
@@ -396,11 +391,7 @@ async def test_an_enable_in_the_table_reaches_a_dispatcher_woken_for_it(
     await add_deliveries(db, receiver.url, 2)
     dispatcher = await dispatchers(db, fast_settings())
 
-    async def disabled() -> bool:
-        row = await endpoint_row(db, receiver.url)
-        return row is not None and row.status == "disabled"
-
-    await wait_until(disabled)
+    await wait_until(functools.partial(is_disabled, db, receiver.url))
     await asyncio.sleep(0.05)
     answer["status"] = 200
     async with db.write() as session:
