@@ -105,17 +105,12 @@ class EventBus:
     def latest(self, agent_id: str) -> int | None:
         return self._latest.get(agent_id)
 
-    async def wait(self, agent_id: str, after_seq: int, timeout: float) -> bool:
-        """Wait until the log of `agent_id` passes `after_seq` or the bus closes (True), or
-        `timeout` ends (False)."""
-        woken, _ = await self.wait_for_events(agent_id, after_seq, timeout)
-        return woken
-
     async def wait_for_events(
         self, agent_id: str, after_seq: int, timeout: float
     ) -> tuple[bool, Sequence[StoredEvent]]:
-        """Like `wait`, and also the events that woke it when they follow `after_seq` without a
-        gap (else empty: read the log from `after_seq`)."""
+        """Wait until the log of `agent_id` passes `after_seq` or the bus closes (True), or
+        `timeout` ends (False); with the events that woke it when they follow `after_seq`
+        without a gap (else empty: read the log from `after_seq`)."""
         if self._closed:
             return True, ()
         latest = self._latest.get(agent_id)

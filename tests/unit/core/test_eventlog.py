@@ -120,12 +120,12 @@ async def test_concurrent_appends_stay_gapless(db: Database) -> None:
 
 async def test_bus_wakes_waiters() -> None:
     bus = EventBus()
-    waiter = asyncio.create_task(bus.wait("ag_1", 0, timeout=5))
+    waiter = asyncio.create_task(bus.wait_for_events("ag_1", 0, timeout=5))
     await asyncio.sleep(0)
     bus.publish("ag_1", 1)
-    assert await waiter is True
-    assert await bus.wait("ag_1", 0, timeout=0.01) is True
-    assert await bus.wait("ag_1", 1, timeout=0.01) is False
+    assert (await waiter)[0] is True
+    assert (await bus.wait_for_events("ag_1", 0, timeout=0.01))[0] is True
+    assert (await bus.wait_for_events("ag_1", 1, timeout=0.01))[0] is False
 
 
 async def test_run_state_follows_its_events(db: Database) -> None:
