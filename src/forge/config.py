@@ -68,16 +68,112 @@ class SessionSettings(BaseModel):
     interrupt_grace_seconds: float = Field(default=3.0, gt=0)
 
 
-class SandboxSettings(BaseModel):
-    """`[sandbox]`: where runners live. Only `local` exists so far."""
+NetworkMode = Literal["none", "host"]
+
+
+class SandboxLimitSettings(BaseModel):
+    """`[sandbox.limits]`: what one sandbox may use. 0 means no limit of that kind."""
 
     model_config = ConfigDict(extra="forbid")
 
-    runtime: Literal["local"] = "local"
+    # Processes and threads at once (cgroup pids, else RLIMIT_NPROC): contains a fork bomb.
+    processes: int = Field(default=1024, ge=0)
+    # Memory of the whole sandbox (cgroup memory; RLIMIT_AS per process where no cgroup works).
+    memory_mb: int = Field(default=4096, ge=0)
+    # CPU seconds one process may use (RLIMIT_CPU).
+    cpu_seconds: int = Field(default=0, ge=0)
+    # Share of CPUs for the whole sandbox (cgroup CPU quota; 1.5 = one and a half cores).
+    cpus: float = Field(default=0, ge=0)
+    # Largest file a process may write (RLIMIT_FSIZE).
+    file_size_mb: int = Field(default=1024, ge=0)
+    # Open files per process (RLIMIT_NOFILE).
+    open_files: int = Field(default=4096, ge=0)
+
+
+class BwrapSettings(BaseModel):
+    """`[sandbox.bwrap]`: the bubblewrap runtime."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # The bwrap program ("" = `bwrap` on PATH).
+    command: str = ""
+    # The user and group id processes have inside the sandbox (cosmetic: files of the workspace
+    # look owned by them).
+    uid: int = Field(default=1000, ge=1)
+    gid: int = Field(default=1000, ge=1)
+    # Use cgroups (v2, else v1) for the memory, process and CPU limits when Forge may create
+    # them; rlimits apply in any case.
+    cgroups: bool = True
+
+
+class DockerSettings(BaseModel):
+    """`[sandbox.docker]`: one container per agent through the Docker Engine API (podman's
+    Docker-compatible socket works too)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Engine address ("" = DOCKER_HOST, else the default socket), e.g.
+    # unix:///run/podman/podman.sock.
+    base_url: str = ""
+    # Image with Python and Forge installed (see deploy/runner.Dockerfile).
+    image: str = "forge-runner:latest"
+    # user[:group] the runner runs as inside the container: never root.
+    user: str = "1000:1000"
+    # Development: a Forge source tree (the directory holding the `forge` package) bind-mounted
+    # read-only and put first on PYTHONPATH, so an image need not be rebuilt for each change.
+    forge_source: str = ""
+    # The Python interpreter inside the image.
+    python: str = "python3"
+
+
+class KubernetesSettings(BaseModel):
+    """`[sandbox.kubernetes]`: one pod per agent."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    namespace: str = "forge"
+    image: str = "forge-runner:latest"
+    image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+    # "" = in-cluster configuration when running in a pod, else ~/.kube/config.
+    kubeconfig: str = ""
+    # The workspace volume: "" = an emptyDir; else the name of a PersistentVolumeClaim shared
+    # with Forge, mounted with the agent's worktree path (relative to the worktree base) as
+    # subPath.
+    workspace_claim: str = ""
+    service_account: str = ""
+    runner_port: int = Field(default=7070, ge=1, le=65535)
+    # Resource requests (limits come from `[sandbox.limits]`).
+    cpu_request: str = "250m"
+    memory_request: str = "256Mi"
+    # Executor credentials from Secrets, by reference: environment name -> "secret-name/key".
+    secret_env: dict[str, str] = Field(default_factory=dict)
+    # Extra labels on every pod.
+    labels: dict[str, str] = Field(default_factory=dict)
+    # Seconds between sweeps for pods whose agent no longer exists (0 = never).
+    orphan_sweep_seconds: float = Field(default=300.0, ge=0)
+
+
+class SandboxSettings(BaseModel):
+    """`[sandbox]`: where runners live."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # auto = bwrap on Linux when bubblewrap works here, else local (with a warning).
+    runtime: Literal["auto", "local", "bwrap", "docker", "kubernetes"] = "auto"
     # Seconds to wait for a new runner to accept connections.
     start_timeout_seconds: float = Field(default=20.0, gt=0)
     # A runner alive but unreachable this long is given up: its run ends with RUNNER_LOST.
     unreachable_timeout_seconds: float = Field(default=60.0, gt=0)
+    # Network of a sandbox unless its profile says otherwise: `host` (the host's network) or
+    # `none` (loopback only, nothing reaches out).
+    network: NetworkMode = "host"
+    # Host paths made visible read-only inside `bwrap` sandboxes, besides the system, Python and
+    # Forge itself (for example where agent CLIs are installed).
+    read_only_paths: list[str] = Field(default_factory=list)
+    limits: SandboxLimitSettings = Field(default_factory=SandboxLimitSettings)
+    bwrap: BwrapSettings = Field(default_factory=BwrapSettings)
+    docker: DockerSettings = Field(default_factory=DockerSettings)
+    kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)
 
 
 class AgentFileSettings(BaseModel):

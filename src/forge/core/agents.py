@@ -42,7 +42,7 @@ from forge.core.schemas import (
 from forge.delivery.signing import validate_webhook_secret
 from forge.delivery.url_guard import check_webhook_url
 from forge.runner.proto import runner_pb2 as pb
-from forge.sandbox.base import Runtime, Sandbox, SandboxSpec, allowed_environment
+from forge.sandbox.base import Runtime, Sandbox, SandboxSpec, allowed_environment, is_alive
 from forge.store.db import Database
 from forge.store.tables import AgentRow, AttachmentRow, PermissionRow, RunRow, utcnow
 from forge.workspace.worktrees import RepoSource, WorktreeManager
@@ -93,7 +93,7 @@ class AgentService:
         for agent in agents:
             if agent.status == "provisioning":
                 self._start_provisioning(agent.id)
-            elif agent.sandbox and await self.runtime.is_alive(Sandbox.from_json(agent.sandbox)):
+            elif agent.sandbox and await is_alive(self.runtime, Sandbox.from_json(agent.sandbox)):
                 log.info("reattaching to the runner of %s", agent.id)
                 self._attach(agent.id, Sandbox.from_json(agent.sandbox))
             else:

@@ -26,7 +26,7 @@ from forge.runner.client import (
     RunnerUnavailable,
 )
 from forge.runner.proto import runner_pb2 as pb
-from forge.sandbox.base import Runtime, Sandbox
+from forge.sandbox.base import Runtime, Sandbox, is_alive
 from forge.store.db import Database
 from forge.store.tables import AgentRow
 
@@ -238,7 +238,7 @@ class RunnerLink:
                         await stream_done.close()
             if self._stopping:
                 return
-            if not await self._runtime.is_alive(self.sandbox):
+            if not await is_alive(self._runtime, self.sandbox):
                 log.warning("runner of %s is gone", self.agent_id)
                 await self._on_lost(self.agent_id)
                 return

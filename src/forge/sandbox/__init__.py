@@ -11,5 +11,13 @@ __all__ = ["LocalRuntime", "Runtime", "Sandbox", "SandboxSpec", "get_runtime"]
 
 def get_runtime(settings: Settings) -> Runtime:
     """The runtime `[sandbox] runtime` names."""
-    kinds = {"local": lambda: LocalRuntime(settings.runner_state_dir)}
-    return kinds[settings.sandbox.runtime]()
+    kind = settings.sandbox.runtime
+    if kind == "docker":
+        from forge.sandbox.docker import DockerRuntime
+
+        return DockerRuntime(settings)
+    if kind == "kubernetes":
+        from forge.sandbox.kubernetes import KubernetesRuntime
+
+        return KubernetesRuntime(settings)
+    return LocalRuntime(settings.runner_state_dir)

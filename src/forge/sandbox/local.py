@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
-from forge.sandbox.base import Sandbox, SandboxSpec
+from forge.sandbox.base import Sandbox, SandboxSpec, SandboxState
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +87,12 @@ class LocalRuntime:
             handle={"runtime": self.name, "pid": proc.pid, "state_dir": str(agent_dir)},
         )
 
-    async def is_alive(self, sandbox: Sandbox) -> bool:
+    async def status(self, sandbox: Sandbox) -> SandboxState:
         pid = int(sandbox.handle.get("pid", 0))
         agent_dir = str(sandbox.handle.get("state_dir", ""))
-        return pid > 0 and await asyncio.to_thread(_is_our_runner, pid, agent_dir)
+        if pid > 0 and await asyncio.to_thread(_is_our_runner, pid, agent_dir):
+            return "running"
+        return "exited" if pid > 0 else "missing"
 
     async def destroy(self, sandbox: Sandbox) -> None:
         pid = int(sandbox.handle.get("pid", 0))
