@@ -43,7 +43,7 @@ from typing import Any
 import httpx
 from websockets.sync.client import connect as ws_connect
 
-from forge.sandbox.local import short_socket_dir
+from forge.sandbox.processes import short_socket_dir
 
 RESULTS_DIR = Path(__file__).parent / "results"
 FORGE_SERVE = [sys.executable, "-m", "forge", "serve"]

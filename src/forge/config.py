@@ -312,6 +312,8 @@ class ProfileSettings(ExecutorVariantSettings):
     executor: str = "command"
     variant: str = "DEFAULT"
     description: str = ""
+    # The sandbox's network (None = `[sandbox] network`).
+    network: NetworkMode | None = None
 
     @model_validator(mode="after")
     def _command_needed(self) -> ProfileSettings:

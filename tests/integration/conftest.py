@@ -21,7 +21,7 @@ from typing import Any
 import httpx
 import pytest
 
-from forge.sandbox.local import short_socket_dir
+from forge.sandbox.processes import short_socket_dir
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:

@@ -42,10 +42,23 @@ from forge.core.schemas import (
 from forge.delivery.signing import validate_webhook_secret
 from forge.delivery.url_guard import check_webhook_url
 from forge.runner.proto import runner_pb2 as pb
-from forge.sandbox.base import Runtime, Sandbox, SandboxSpec, allowed_environment, is_alive
+from forge.sandbox.base import (
+    NetworkMode,
+    Runtime,
+    Sandbox,
+    SandboxSpec,
+    allowed_environment,
+    is_alive,
+    resource_limits,
+)
 from forge.store.db import Database
 from forge.store.tables import AgentRow, AttachmentRow, PermissionRow, RunRow, utcnow
-from forge.workspace.worktrees import RepoSource, WorktreeManager
+from forge.workspace.worktrees import (
+    RepoSource,
+    Workspace,
+    WorktreeManager,
+    worktree_git_metadata,
+)
 
 log = logging.getLogger(__name__)
 
@@ -513,6 +526,7 @@ class AgentService:
                     return
                 agent.status = "provisioning"
                 repo, base_ref, base_commit = agent.repo, agent.base_ref, agent.base_commit
+                owner_id, profile_name = agent.owner_id, agent.profile
             # A provisioning cut short by a restart may have left a runner behind.
             await self._discard_sandbox(agent_id)
             source = None
@@ -526,11 +540,7 @@ class AgentService:
                 agent.workspace_path = str(workspace.path)
                 agent.branch = workspace.branch
             sandbox = await self.runtime.provision(
-                SandboxSpec(
-                    agent_id=agent_id,
-                    workspace=workspace.path,
-                    env=allowed_environment(os.environ),
-                )
+                await self._sandbox_spec(agent_id, owner_id, profile_name, workspace)
             )
             async with self.db.write() as session:
                 agent = await session.get(AgentRow, agent_id)
@@ -558,6 +568,28 @@ class AgentService:
         except Exception as exc:
             log.exception("provisioning of %s failed", agent_id)
             await self._provisioning_failed(agent_id, str(exc) or type(exc).__name__)
+
+    async def _sandbox_spec(
+        self, agent_id: str, owner_id: str | None, profile_name: str, workspace: Workspace
+    ) -> SandboxSpec:
+        try:
+            profile: Profile | None = self.profiles.get(profile_name)
+        except InvalidRequest:
+            profile = None
+        git = None
+        if workspace.branch is not None:
+            git = await asyncio.to_thread(worktree_git_metadata, workspace.path, workspace.branch)
+        return SandboxSpec(
+            agent_id=agent_id,
+            workspace=workspace.path,
+            env=allowed_environment(os.environ),
+            owner_id=owner_id,
+            profile=profile_name,
+            network=_network(profile, self.settings),
+            limits=resource_limits(self.settings),
+            git_common_dir=git.common_dir if git else None,
+            git_writable=git.writable if git else (),
+        )
 
     async def _provisioning_failed(self, agent_id: str, reason: str) -> None:
         await self._discard_sandbox(agent_id)
@@ -790,6 +822,12 @@ class AgentService:
                     queued += 1
                 summary[agent_id] = (current, queued)
         return summary
+
+
+def _network(profile: Profile | None, settings: Settings) -> NetworkMode:
+    if profile is not None and profile.network in ("none", "host"):
+        return "none" if profile.network == "none" else "host"
+    return settings.sandbox.network
 
 
 def _agent_schema(

@@ -52,6 +52,8 @@ class Profile:
     env: dict[str, str] = field(default_factory=dict)
     settings: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    # The sandbox's network: "none" or "host" (None = `[sandbox] network`).
+    network: str | None = None
     # Where it was defined: "builtin", "forge.toml", "executors", or the Markdown file's path.
     source: str = "forge.toml"
 
@@ -252,6 +254,7 @@ AGENT_FILE_KEYS = frozenset(
         "additional_params",
         "env",
         "settings",
+        "network",
     }
 )
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import sys
+
 from forge.config import Settings
 from forge.sandbox.base import Runtime, Sandbox, SandboxSpec
+from forge.sandbox.bwrap import BwrapRuntime, bwrap_works
 from forge.sandbox.local import LocalRuntime
 
-__all__ = ["LocalRuntime", "Runtime", "Sandbox", "SandboxSpec", "get_runtime"]
+__all__ = ["BwrapRuntime", "LocalRuntime", "Runtime", "Sandbox", "SandboxSpec", "get_runtime"]
+
+log = logging.getLogger(__name__)
 
 
 def get_runtime(settings: Settings) -> Runtime:
@@ -20,4 +26,15 @@ def get_runtime(settings: Settings) -> Runtime:
         from forge.sandbox.kubernetes import KubernetesRuntime
 
         return KubernetesRuntime(settings)
+    if kind == "bwrap":
+        return BwrapRuntime(settings)
+    if kind == "auto" and sys.platform == "linux":
+        works, why = bwrap_works(settings.sandbox.bwrap.command)
+        if works:
+            return BwrapRuntime(settings)
+        log.warning(
+            "sandbox: bubblewrap does not work here (%s); agents run as plain processes with "
+            'no isolation (set [sandbox] runtime = "local" to silence this)',
+            why,
+        )
     return LocalRuntime(settings.runner_state_dir)

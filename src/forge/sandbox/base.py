@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from forge.config import Settings
+
 # The only variables of a parent's environment that reach a runner or an executor: no platform
 # secrets, no configuration of Forge itself.
 ENV_ALLOWLIST = frozenset(
@@ -41,6 +43,20 @@ class ResourceLimits:
     cpus: float = 0.0
     file_size_bytes: int = 1024 * 1024 * 1024
     open_files: int = 4096
+
+
+def resource_limits(settings: Settings) -> ResourceLimits:
+    """`[sandbox.limits]` in bytes and seconds."""
+    configured = settings.sandbox.limits
+    mib = 1024 * 1024
+    return ResourceLimits(
+        processes=configured.processes,
+        memory_bytes=configured.memory_mb * mib,
+        cpu_seconds=configured.cpu_seconds,
+        cpus=configured.cpus,
+        file_size_bytes=configured.file_size_mb * mib,
+        open_files=configured.open_files,
+    )
 
 
 @dataclass(frozen=True)

@@ -67,6 +67,39 @@ class Workspace:
     base_commit: str | None
 
 
+@dataclass(frozen=True)
+class GitMetadata:
+    """What a worktree needs of its repository's git directory inside a sandbox: the common
+    directory (read-only) and the parts of it a commit on the worktree's branch writes."""
+
+    common_dir: Path
+    writable: tuple[Path, ...]
+
+
+def worktree_git_metadata(path: Path, branch: str) -> GitMetadata | None:
+    """The git metadata of the worktree at `path` on `branch`, or None when `path` is no linked
+    worktree. Creates the branch's ref and reflog directories when missing (they must exist to
+    be mounted)."""
+    try:
+        pointer = (path / ".git").read_text()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        return None
+    if not pointer.startswith("gitdir:"):
+        return None
+    own_dir = Path(pointer.removeprefix("gitdir:").strip())
+    if not own_dir.is_absolute():
+        own_dir = (path / own_dir).resolve()
+    try:
+        common = (own_dir / (own_dir / "commondir").read_text().strip()).resolve()
+    except OSError:
+        return None
+    ref_dir = common / "refs" / "heads" / Path(branch).parent
+    log_dir = common / "logs" / "refs" / "heads" / Path(branch).parent
+    for directory in (ref_dir, log_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    return GitMetadata(common_dir=common, writable=(own_dir, common / "objects", ref_dir, log_dir))
+
+
 class WorktreeManager:
     """Creates and removes agent workspaces under one base directory."""
 

@@ -1,0 +1,111 @@
+"""Process and file helpers the process-based runtimes (`local`, `bwrap`) share."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+import signal
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NamedTuple
+
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 100
+SHORT_DIR_PREFIX = "forge-"
+
+
+class UnsafeSocketDirectory(Exception):
+    """Raised when the short socket directory under /tmp is not a private directory of ours."""
+
+
+def short_socket_dir(state_dir: Path) -> Path:
+    """Where runner sockets go when `state_dir` is too deep for a Unix socket path."""
+    digest = hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
+    return Path("/tmp") / f"{SHORT_DIR_PREFIX}{os.getuid()}-{digest}"
+
+
+def check_private_dir(path: Path) -> None:
+    """Refuse a directory someone else made (they could listen in our place and get the token)."""
+    info = path.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid() or info.st_mode & 0o077:
+        raise UnsafeSocketDirectory(
+            f"{path} must be a directory owned by uid {os.getuid()} with mode 0700; remove it "
+            "or set a shorter data directory"
+        )
+
+
+def unlink_quietly(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+
+
+class _ProcStat(NamedTuple):
+    pid: int
+    state: str
+    pgrp: int
+    session: int
+
+
+def _processes() -> Iterator[_ProcStat]:
+    """Every process from /proc/<pid>/stat (those that vanish while reading are skipped)."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            # After "pid (command)": state, ppid, pgrp, session, ...
+            fields = (entry / "stat").read_text().rsplit(")", 1)[-1].split()
+        except OSError:
+            continue
+        yield _ProcStat(int(entry.name), fields[0], int(fields[2]), int(fields[3]))
+
+
+def kill_session(sid: int) -> None:
+    """SIGKILL every process whose session id is `sid`."""
+    for proc in _processes():
+        if proc.session == sid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(proc.pid, signal.SIGKILL)
+
+
+def write_private(path: Path, content: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
+
+
+def is_our_runner(pid: int, agent_dir: str) -> bool:
+    """The pid is alive, not a zombie, and is the runner we started (pids get reused)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
+    state = stat.rsplit(")", 1)[-1].split()[0]
+    return state != "Z" and "forge.runner" in cmdline and agent_dir in cmdline
+
+
+async def terminate_group(pid: int, grace: float = 5.0) -> None:
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pid, sig)
+        except ProcessLookupError:
+            return
+        deadline = asyncio.get_running_loop().time() + wait
+        while asyncio.get_running_loop().time() < deadline:
+            if not await asyncio.to_thread(_group_alive, pid):
+                return
+            await asyncio.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # Only zombies left counts as gone.
+    return any(p.pgrp == pgid and p.state != "Z" for p in _processes())
