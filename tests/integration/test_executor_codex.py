@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -129,6 +131,21 @@ async def test_hello_then_resume(
     assert (resumed.usage.input_tokens, resumed.usage.output_tokens) == (100, 20)
 
 
+def _bwrap_without_argv0() -> bool:
+    """Codex 0.169 uses the first `bwrap` on PATH for its own sandbox; with a bubblewrap older
+    than 0.9 (no `--argv0`, Debian 12's 0.8.0) its fallback re-exec fails ("Failed to execvp
+    linux"), so every sandboxed command fails. Without a system bwrap it uses its bundled one."""
+    program = shutil.which("bwrap")
+    if program is None:
+        return False
+    help_text = subprocess.run([program, "--help"], capture_output=True, text=True).stdout
+    return "--argv0" not in help_text
+
+
+@pytest.mark.skipif(
+    _bwrap_without_argv0(),
+    reason="Codex's own sandbox fails with a system bubblewrap older than 0.9 (no --argv0)",
+)
 async def test_failed_command_and_sandboxed_edits(git_repo: Path, tmp_path: Path) -> None:
     script = [
         Reply(tool_calls=[ToolCall("exec_command", {"cmd": "echo broken >&2; exit 3"})]),
