@@ -153,6 +153,24 @@ class KubernetesSettings(BaseModel):
     orphan_sweep_seconds: float = Field(default=300.0, ge=0)
 
 
+class WarmPoolSettings(BaseModel):
+    """One `[[sandbox.warm_pool]]` entry: sandboxes kept started for agents of `profile`, with
+    an empty workspace, or with a worktree of `repo` (its top directory) at `base_ref`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    profile: str = "default"
+    size: int = Field(default=1, ge=1, le=64)
+    repo: str = ""
+    base_ref: str = "HEAD"
+
+    @model_validator(mode="after")
+    def _absolute_repo(self) -> WarmPoolSettings:
+        if self.repo and not Path(self.repo).is_absolute():
+            raise ValueError(f"sandbox.warm_pool repo must be an absolute path, got {self.repo!r}")
+        return self
+
+
 class SandboxSettings(BaseModel):
     """`[sandbox]`: where runners live."""
 
@@ -171,6 +189,8 @@ class SandboxSettings(BaseModel):
     # Forge itself (for example where agent CLIs are installed).
     read_only_paths: list[str] = Field(default_factory=list)
     limits: SandboxLimitSettings = Field(default_factory=SandboxLimitSettings)
+    # Sandboxes started ahead of time: creating a matching agent takes one (see WarmPoolSettings).
+    warm_pool: list[WarmPoolSettings] = Field(default_factory=list)
     bwrap: BwrapSettings = Field(default_factory=BwrapSettings)
     docker: DockerSettings = Field(default_factory=DockerSettings)
     kubernetes: KubernetesSettings = Field(default_factory=KubernetesSettings)

@@ -46,9 +46,29 @@ def runner_pids(text: str) -> list[int]:
             state = (entry / "stat").read_text().rsplit(")", 1)[-1].split()[0]
         except OSError:
             continue
-        if "forge.runner" in cmdline and text in cmdline and state != "Z":
+        program = Path(cmdline.split(" ", 1)[0]).name
+        # Under `bwrap` the sandbox's own processes carry the runner's command line too.
+        if "forge.runner" in cmdline and text in cmdline and state != "Z" and program != "bwrap":
             pids.append(int(entry.name))
     return pids
+
+
+def host_pid(workspace: Path, sandbox_pid: int) -> int:
+    """The host's pid of a process working in `workspace` that saw itself as `sandbox_pid`
+    (`echo $$`): under `bwrap`, sandboxes have pid namespaces of their own."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            status = (entry / "status").read_text()
+            cwd = os.readlink(entry / "cwd")
+        except OSError:
+            continue
+        line = next((ln for ln in status.splitlines() if ln.startswith("NSpid:")), "")
+        ids = [int(n) for n in line.split()[1:]]
+        if ids and ids[-1] == sandbox_pid and Path(cwd) == workspace.resolve():
+            return int(entry.name)
+    raise AssertionError(f"no process of {workspace} has pid {sandbox_pid} in its sandbox")
 
 
 def free_port() -> int:

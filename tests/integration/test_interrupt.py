@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ForgeServer, wait_for
+from tests.integration.conftest import ForgeServer, host_pid, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,7 @@ def test_interrupt_ends_run_and_kills_the_process_group(forge_server: Any) -> No
             (e.get("entry") or {}).get("text") == "started" for e in server.history(agent_id)
         )
     )
-    pgid = int(pgid_file.read_text())
+    pgid = host_pid(Path(agent["workspace_path"]), int(pgid_file.read_text()))
     assert _group_alive(pgid)
     assert server.http.get(f"/api/v1/agents/{agent_id}").json()["status"] == "running"
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ForgeServer, runner_pids, wait_for
+from tests.integration.conftest import ForgeServer, host_pid, runner_pids, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,8 @@ def _start_long_run(server: ForgeServer) -> tuple[dict[str, Any], str, int]:
             (e.get("entry") or {}).get("text") == "started" for e in server.history(agent["id"])
         )
     )
-    pgid = int((Path(agent["workspace_path"]) / "pgid").read_text())
+    workspace = Path(agent["workspace_path"])
+    pgid = host_pid(workspace, int((workspace / "pgid").read_text()))
     assert _alive(pgid)
     return agent, reply.json()["request_id"], pgid
 

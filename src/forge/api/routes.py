@@ -301,6 +301,10 @@ async def health(request: Request) -> Health | JSONResponse:
         uptime_s=round(platform.uptime_s, 3),
         database=database,
         agents=agents,
+        sandbox={
+            "runtime": platform.agents.runtime.name,
+            "warm_pool": platform.agents.pool.counts(),
+        },
     )
 
 

@@ -39,6 +39,7 @@ from forge.core.schemas import (
     PermissionAnswer,
     PermissionList,
 )
+from forge.core.warm_pool import WarmPool
 from forge.delivery.signing import validate_webhook_secret
 from forge.delivery.url_guard import check_webhook_url
 from forge.runner.proto import runner_pb2 as pb
@@ -87,6 +88,7 @@ class AgentService:
         self.scheduler = Scheduler(
             db, max_concurrent=settings.sessions.max_concurrent, dispatch=self._dispatch
         )
+        self.pool = WarmPool(settings, runtime, worktrees, self._pool_spec)
         self._links: dict[str, RunnerLink] = {}
         self._provisioning: dict[str, asyncio.Task[None]] = {}
         self._background: set[asyncio.Task[Any]] = set()
@@ -113,9 +115,11 @@ class AgentService:
                 await self._runner_lost(agent.id)
         await self.scheduler.start()
         self.scheduler.kick()
+        await self.pool.start()
 
     async def stop(self) -> None:
         """Stop background work; runners keep running so a restart can reattach."""
+        await self.pool.stop()
         await self.scheduler.stop()
         for task in list(self._provisioning.values()) + list(self._background):
             task.cancel()
@@ -136,7 +140,8 @@ class AgentService:
             source = await self.worktrees.resolve(body.repo, body.base_ref)
         elif body.base_ref is not None:
             raise InvalidRequest("base_ref needs a repo to branch from", code="invalid_request")
-        agent_id = ids.agent_id()
+        pooled = await self.pool.take(profile.name, source) if self.pool.enabled else None
+        agent_id = pooled.agent_id if pooled else ids.agent_id()
         row = AgentRow(
             id=agent_id,
             owner_id=body.owner_id,
@@ -152,9 +157,13 @@ class AgentService:
             last_seq=0,
             runner_ack=0,
         )
+        if pooled is not None:
+            row.workspace_path = str(pooled.workspace.path)
+            row.branch = pooled.workspace.branch
+            row.sandbox = pooled.sandbox.to_json()
         async with self.db.write() as session:
             session.add(row)
-        task = self._start_provisioning(agent_id)
+        task = self._start_provisioning(agent_id, pooled.sandbox if pooled else None)
         if wait:
             with contextlib.suppress(Exception):
                 await asyncio.shield(task)
@@ -509,11 +518,16 @@ class AgentService:
 
     # ---- provisioning ----------------------------------------------------------------------------
 
-    def _start_provisioning(self, agent_id: str) -> asyncio.Task[None]:
+    def _start_provisioning(
+        self, agent_id: str, pooled: Sandbox | None = None
+    ) -> asyncio.Task[None]:
+        """Provision the agent's workspace and sandbox, or with `pooled` adopt a sandbox of the
+        warm pool (falling back to provisioning if its runner cannot be reached)."""
         current = self._provisioning.get(agent_id)
         if current is not None and not current.done():
             return current
-        task = asyncio.create_task(self._provision(agent_id), name=f"provision-{agent_id}")
+        work = self._adopt(agent_id, pooled) if pooled else self._provision(agent_id)
+        task = asyncio.create_task(work, name=f"provision-{agent_id}")
         self._provisioning[agent_id] = task
         task.add_done_callback(lambda _t: self._provisioning.pop(agent_id, None))
         return task
@@ -590,6 +604,30 @@ class AgentService:
             git_common_dir=git.common_dir if git else None,
             git_writable=git.writable if git else (),
         )
+
+    async def _adopt(self, agent_id: str, sandbox: Sandbox) -> None:
+        try:
+            link = self._attach(agent_id, sandbox)
+            await link.wait_connected(self.settings.sandbox.start_timeout_seconds)
+            async with self.db.write() as session:
+                agent = await session.get(AgentRow, agent_id)
+                if agent is None or agent.deleted_at is not None:
+                    deleted = True
+                else:
+                    deleted = False
+                    agent.status = "ready"
+            if deleted:
+                await self._discard_sandbox(agent_id)
+                return
+            self.scheduler.kick()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("pooled sandbox of %s unusable; provisioning a new one", agent_id)
+            await self._provision(agent_id)
+
+    async def _pool_spec(self, agent_id: str, profile: str, workspace: Workspace) -> SandboxSpec:
+        return await self._sandbox_spec(agent_id, None, profile, workspace)
 
     async def _provisioning_failed(self, agent_id: str, reason: str) -> None:
         await self._discard_sandbox(agent_id)

@@ -50,7 +50,7 @@ class Platform:
             "forge %s started (database: %s, runtime: %s)",
             self.version,
             self.db.backend,
-            self.settings.sandbox.runtime,
+            self.agents.runtime.name,
         )
 
     def begin_shutdown(self) -> None:

@@ -334,6 +334,8 @@ class Health(BaseModel):
     uptime_s: float
     database: dict[str, Any]
     agents: dict[str, int]
+    # The runtime in use and, per warm pool entry ("profile:repo@base_ref"), its ready sandboxes.
+    sandbox: dict[str, Any] = {}
 
 
 class ErrorBody(BaseModel):
