@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -116,6 +117,12 @@ class AgentService:
         await self.scheduler.start()
         self.scheduler.kick()
         await self.pool.start()
+        sweep = getattr(self.runtime, "sweep_orphans", None)
+        interval = self.settings.sandbox.kubernetes.orphan_sweep_seconds
+        if sweep is not None and interval > 0:
+            task = asyncio.create_task(self._sweep_orphans(sweep, interval), name="orphan-sweep")
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
         """Stop background work; runners keep running so a restart can reattach."""
@@ -129,6 +136,27 @@ class AgentService:
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
+        close = getattr(self.runtime, "close", None)
+        if close is not None:
+            await close()
+
+    async def _sweep_orphans(
+        self, sweep: Callable[[set[str]], Awaitable[object]], interval: float
+    ) -> None:
+        """Every `interval` s, have the runtime delete sandboxes (pods) of agents that no longer
+        exist: left by a replica that died while creating or deleting one."""
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                async with self.db.read() as session:
+                    live = set(
+                        await session.scalars(
+                            select(AgentRow.id).where(AgentRow.deleted_at.is_(None))
+                        )
+                    )
+                await sweep(live | self.pool.agent_ids())
+            except Exception:
+                log.exception("sweeping orphaned sandboxes failed")
 
     # ---- agents ----------------------------------------------------------------------------------
 

@@ -104,6 +104,10 @@ class WarmPool:
         for ready in self._ready.values():
             ready.clear()
 
+    def agent_ids(self) -> set[str]:
+        """The agent ids pooled sandboxes wait with (their sandboxes are not orphans)."""
+        return {pooled.agent_id for ready in self._ready.values() for pooled in ready}
+
     def counts(self) -> dict[str, int]:
         """Ready sandboxes per pool entry (for status pages)."""
         return {
