@@ -5,9 +5,10 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from forge.config import Settings
+if TYPE_CHECKING:
+    from forge.config import Settings
 
 # The only variables of a parent's environment that reach a runner or an executor: no platform
 # secrets, no configuration of Forge itself.
