@@ -115,14 +115,16 @@ class DockerSettings(BaseModel):
     # Engine address ("" = DOCKER_HOST, else the default socket), e.g.
     # unix:///run/podman/podman.sock.
     base_url: str = ""
-    # Image with Python and Forge installed (see deploy/runner.Dockerfile).
+    # Image with Python and Forge installed (deploy/runner.Dockerfile, or for tests and
+    # development scripts/build-runner-image).
     image: str = "forge-runner:latest"
-    # user[:group] the runner runs as inside the container: never root.
+    # uid[:gid] (numeric) the runner runs as inside the container: never root.
     user: str = "1000:1000"
     # Development: a Forge source tree (the directory holding the `forge` package) bind-mounted
     # read-only and put first on PYTHONPATH, so an image need not be rebuilt for each change.
     forge_source: str = ""
-    # The Python interpreter inside the image.
+    # The Python interpreter inside the image (/opt/forge/venv/bin/python in the one
+    # scripts/build-runner-image makes).
     python: str = "python3"
 
 
@@ -149,8 +151,6 @@ class KubernetesSettings(BaseModel):
     secret_env: dict[str, str] = Field(default_factory=dict)
     # Extra labels on every pod.
     labels: dict[str, str] = Field(default_factory=dict)
-    # Seconds between sweeps for pods whose agent no longer exists (0 = never).
-    orphan_sweep_seconds: float = Field(default=300.0, ge=0)
 
 
 class WarmPoolSettings(BaseModel):
@@ -189,6 +189,9 @@ class SandboxSettings(BaseModel):
     # Forge itself (for example where agent CLIs are installed).
     read_only_paths: list[str] = Field(default_factory=list)
     limits: SandboxLimitSettings = Field(default_factory=SandboxLimitSettings)
+    # Seconds between sweeps for containers or pods (docker, kubernetes) whose agent no longer
+    # exists (0 = never).
+    orphan_sweep_seconds: float = Field(default=300.0, ge=0)
     # Sandboxes started ahead of time: creating a matching agent takes one (see WarmPoolSettings).
     warm_pool: list[WarmPoolSettings] = Field(default_factory=list)
     bwrap: BwrapSettings = Field(default_factory=BwrapSettings)

@@ -184,14 +184,15 @@ echo '[core] fsmonitor = evil' >> {repo_config} 2>&1 || echo "repo config: refus
 echo x > {victim_ws}/planted-by-attacker 2>&1 || echo "victim: refused"
 echo x > /tmp/forge-escape-{attacker["id"]} && echo "private tmp: written"
 echo "mine" > {attacker_ws}/mine.txt && echo "workspace: written"
-git add mine.txt && git -c user.email=a@forge -c user.name=agent commit -qm mine && echo "commit: ok"
+git add mine.txt && git -c user.email=a@forge -c user.name=agent commit -qm mine \
+  && echo "commit: ok"
 """,
     )
     assert not outside.exists(), writes
     assert not Path("/usr/forge-escape").exists()
     assert repo_config.read_text() == config_before
     assert not (victim_ws / "planted-by-attacker").exists()
-    assert not Path(f"/tmp/forge-escape-{attacker['id']}").exists(), "the sandbox's /tmp is the host's"
+    assert not Path(f"/tmp/forge-escape-{attacker['id']}").exists(), "/tmp is the host's"
     assert "private tmp: written" in writes
     assert (attacker_ws / "mine.txt").read_text() == "mine\n"
     # The worktree's git metadata is writable as far as a commit on its own branch needs.

@@ -118,7 +118,7 @@ class AgentService:
         self.scheduler.kick()
         await self.pool.start()
         sweep = getattr(self.runtime, "sweep_orphans", None)
-        interval = self.settings.sandbox.kubernetes.orphan_sweep_seconds
+        interval = self.settings.sandbox.orphan_sweep_seconds
         if sweep is not None and interval > 0:
             task = asyncio.create_task(self._sweep_orphans(sweep, interval), name="orphan-sweep")
             self._background.add(task)
