@@ -22,6 +22,7 @@ import httpx
 import pytest
 
 from forge.sandbox.processes import short_socket_dir
+from tests.support.podman import PodmanEngine, podman_engine
 
 
 def wait_for(predicate: Callable[[], object], timeout: float = 20) -> None:
@@ -303,3 +304,11 @@ def receiver() -> Iterator[WebhookReceiver]:
     server = serve_webhooks(state)
     yield state
     stop_serving(server)
+
+
+@pytest.fixture(scope="session")
+def podman() -> Iterator[PodmanEngine]:
+    """podman's Docker-compatible API on a private socket, with the runner image (built once per
+    machine); skipped, saying why, where podman cannot run."""
+    with podman_engine() as engine:
+        yield engine

@@ -29,7 +29,6 @@ from tests.support.podman import (
     REPO,
     PodmanEngine,
     docker_sandbox_config,
-    podman_engine,
 )
 
 # The first test also builds the runner image when this machine has not cached it (~100 s).
@@ -45,12 +44,6 @@ LIMITS = ResourceLimits(
     file_size_bytes=64 * 1024 * 1024,
     open_files=1024,
 )
-
-
-@pytest.fixture(scope="session")
-def podman() -> Iterator[PodmanEngine]:
-    with podman_engine() as engine:
-        yield engine
 
 
 @pytest.fixture

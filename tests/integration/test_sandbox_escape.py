@@ -17,14 +17,13 @@ from typing import Any
 
 import pytest
 
+from forge.sandbox.bwrap import bwrap_works
 from tests.integration.conftest import ForgeServer, git, wait_for
+from tests.support.podman import PodmanEngine, docker_sandbox_config
 
 pytestmark = pytest.mark.integration
 
 LIMITS = """
-[sandbox]
-runtime = "bwrap"
-
 [sandbox.limits]
 processes = 150
 memory_mb = 256
@@ -45,18 +44,18 @@ command = "for i in $(seq 1 60); do echo tick $i; sleep 0.1; done"
 """
 
 
-def _bwrap_missing() -> str | None:
-    from forge.sandbox.bwrap import bwrap_works
-
-    works, why = bwrap_works()
-    return None if works else why
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _needs_bwrap() -> None:
-    why = _bwrap_missing()
-    if why:
-        pytest.skip(f"bubblewrap cannot run here: {why}")
+@pytest.fixture(params=["bwrap", "docker"])
+def runtime_config(request: pytest.FixtureRequest) -> Iterator[str]:
+    """The `[sandbox]` tables of the runtime under test: bwrap, and docker on podman."""
+    if request.param == "bwrap":
+        works, why = bwrap_works()
+        if not works:
+            pytest.skip(f"bubblewrap cannot run here: {why}")
+        yield '[sandbox]\nruntime = "bwrap"\n'
+        return
+    engine: PodmanEngine = request.getfixturevalue("podman")
+    yield docker_sandbox_config(engine.socket_url, engine.image)
+    engine.remove_containers("forge.managed-by=forge")
 
 
 @pytest.fixture
@@ -122,10 +121,10 @@ def _output(events: list[dict[str, Any]]) -> str:
 
 
 def test_an_agent_cannot_escape_its_sandbox(
-    forge_server: Any, git_repo: Path, planted: dict[str, str]
+    forge_server: Any, git_repo: Path, planted: dict[str, str], runtime_config: str
 ) -> None:
     secret = planted["secret"]
-    server: ForgeServer = forge_server(LIMITS)
+    server: ForgeServer = forge_server(runtime_config + LIMITS)
     config_text = server.config_path.read_text()
     database = server.data_dir / "forge.db"
     assert database.exists()
