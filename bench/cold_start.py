@@ -44,7 +44,8 @@ from forge.config import Settings
 from forge.runner.client import RunnerClient
 from forge.sandbox import get_runtime
 from forge.sandbox.base import SandboxSpec, resource_limits
-from forge.workspace.worktrees import WorktreeManager, worktree_git_metadata
+from forge.sandbox.bwrap import BwrapRuntime
+from forge.workspace.worktrees import WorktreeManager
 
 RESULTS = Path(__file__).parent / "results" / "cold_start.json"
 
@@ -98,7 +99,7 @@ async def measure_steps(settings: Settings, repo: Path, repeat: int) -> dict[str
         started = time.perf_counter()
         workspace = await worktrees.create(agent_id, source)
         worktree_times.append(time.perf_counter() - started)
-        git = worktree_git_metadata(workspace.path, workspace.branch or "")
+        git = await worktrees.git_metadata(workspace)
         spec = SandboxSpec(
             agent_id=agent_id,
             workspace=workspace.path,
@@ -118,7 +119,33 @@ async def measure_steps(settings: Settings, repo: Path, repeat: int) -> dict[str
     close = getattr(runtime, "close", None)
     if close is not None:
         await close()
-    return {"worktree": summary(worktree_times), "sandbox": summary(sandbox_times)}
+    steps = {"worktree": summary(worktree_times), "sandbox": summary(sandbox_times)}
+    if isinstance(runtime, BwrapRuntime):
+        steps.update(bwrap_overhead(runtime, settings, repeat * 3))
+    return steps
+
+
+def bwrap_overhead(runtime: BwrapRuntime, settings: Settings, repeat: int) -> dict[str, Any]:
+    """Forge's sandbox (every mount, the limits) around `true`, against bare bubblewrap: what
+    the sandbox itself costs, apart from the runner's start."""
+    workspace = settings.data_dir / "overhead-ws"
+    workspace.mkdir(parents=True, exist_ok=True)
+    spec = SandboxSpec(
+        agent_id="ag_overhead", workspace=workspace, limits=resource_limits(settings)
+    )
+    agent_dir = settings.runner_state_dir / spec.agent_id
+    runtime._prepare_state(agent_dir)
+    full = runtime.command_line(spec, agent_dir)
+    ours = [*full[: full.index("--")], "--", "true"]
+    bare = ["bwrap", "--unshare-all", "--uid", "1000", "--gid", "1000", "--cap-drop", "ALL"]
+    bare += ["--ro-bind", "/", "/", "--proc", "/proc", "--dev", "/dev", "--", "true"]
+    timings: dict[str, list[float]] = {"bare_bwrap": [], "forge_bwrap": []}
+    for _ in range(repeat):
+        for name, args in (("bare_bwrap", bare), ("forge_bwrap", ours)):
+            started = time.perf_counter()
+            subprocess.run(args, check=True, stdin=subprocess.DEVNULL)
+            timings[name].append(time.perf_counter() - started)
+    return {name: summary(values) for name, values in timings.items()}
 
 
 # ---- end to end, through forge serve --------------------------------------------------------
@@ -304,6 +331,12 @@ def print_row(row: dict[str, Any]) -> None:
         f"{cell('cold'):>20} | {cell('warm'):>20}",
         flush=True,
     )
+    if "bare_bwrap" in row:
+        print(
+            f"{'':>6} {'':<8}   bwrap around `true`: bare {cell('bare_bwrap')}, "
+            f"Forge's {cell('forge_bwrap')}",
+            flush=True,
+        )
 
 
 if __name__ == "__main__":

@@ -21,6 +21,8 @@ from typing import Any
 import httpx
 import pytest
 
+from forge.sandbox.bwrap import cgroup_instance
+from forge.sandbox.cgroups import CgroupManager
 from forge.sandbox.processes import short_socket_dir
 from tests.support.podman import PodmanEngine, podman_engine
 
@@ -156,6 +158,15 @@ interrupt_grace_seconds = 1.0
         """Runners outlive the server by design; tests end them (and their sockets) explicitly."""
         subprocess.run(["pkill", "-KILL", "-f", str(self.data_dir)], check=False)
         shutil.rmtree(short_socket_dir(self.data_dir / "runners"), ignore_errors=True)
+        # bwrap sandboxes' cgroups, once the processes in them are gone.
+        cgroups = CgroupManager(cgroup_instance(self.data_dir / "runners"))
+        for _ in range(50):
+            cgroups.remove_empty()
+            if not cgroups.available or not any(
+                (base / f"forge-{cgroups.instance}").exists() for base in cgroups.bases()
+            ):
+                break
+            time.sleep(0.05)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

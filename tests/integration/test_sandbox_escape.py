@@ -8,6 +8,7 @@ read by `sh`), so it has exactly the powers an agent's tool call would have.
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import threading
 import uuid
@@ -18,7 +19,7 @@ from typing import Any
 import pytest
 
 from forge.sandbox.bwrap import bwrap_works
-from tests.integration.conftest import ForgeServer, git, wait_for
+from tests.integration.conftest import ForgeServer, git, runner_pids, wait_for
 from tests.support.podman import PodmanEngine, docker_sandbox_config
 
 pytestmark = pytest.mark.integration
@@ -287,3 +288,69 @@ EOF
     assert ticks == [f"tick {i}" for i in range(1, 61)]
     assert config_text == server.config_path.read_text()
     assert os.path.exists(database)
+
+
+def test_what_an_agent_plants_does_not_reach_its_next_sandbox_or_the_host(
+    forge_server: Any, git_repo: Path, tmp_path: Path, runtime_config: str
+) -> None:
+    """An agent rewrites its worktree's `.git` link to another repository, swaps the files of
+    its state directory for links to Forge's database, deletes the repository's packs, then
+    kills its runner. Its next sandbox (a new message re-provisions it) must be built from the
+    repository's side, and nothing on the host may have been written through the links."""
+    secret = f"other-tenant-{uuid.uuid4().hex}"
+    other = tmp_path / "other-repo"
+    other.mkdir()
+    git("init", "-q", cwd=other)
+    git("config", "forge-test.secret", secret, cwd=other)
+    git("gc", "-q", cwd=git_repo)  # the history in a pack
+    packs = sorted((git_repo / ".git" / "objects" / "pack").iterdir())
+    assert packs
+
+    server: ForgeServer = forge_server(runtime_config + LIMITS)
+    database = server.data_dir / "forge.db"
+    agent = server.create_agent(profile="shell", repo=str(git_repo))
+    workspace = Path(agent["workspace_path"])
+    token_file = server.data_dir / "runners" / agent["id"] / "token"
+
+    planted = run_script(
+        server,
+        agent["id"],
+        f"""
+common=$(git rev-parse --path-format=absolute --git-common-dir)
+rm -f "$common"/objects/pack/* 2>&1 || true
+mkdir -p fake && echo "{other}/.git" > fake/commondir && echo "gitdir: $PWD/fake" > .git
+ln -sf {database} /run/forge/token 2>&1 || true
+ln -sf {database} /run/forge/runner.log 2>&1 || true
+ls /etc/ssl/private 2>&1 || true
+echo planted
+""",
+    )
+    assert "planted" in planted
+    assert sorted((git_repo / ".git" / "objects" / "pack").iterdir()) == packs, planted
+    # Its runner goes; the next message starts a new sandbox for the same worktree.
+    [runner] = runner_pids(agent["id"])
+    os.kill(runner, signal.SIGKILL)
+    wait_for(
+        lambda: server.http.get(f"/api/v1/agents/{agent['id']}").json()["status"] != "ready",
+        timeout=30,
+    )
+
+    second = run_script(
+        server,
+        agent["id"],
+        f"""
+cat .git
+git rev-parse --path-format=absolute --git-common-dir
+cat {other}/.git/config 2>&1 || echo "other repository: not there"
+git config --get forge-test.secret || echo "no secret"
+git log --oneline -1 && echo "git works"
+""",
+    )
+    assert secret not in second, second
+    assert f"gitdir: {git_repo / '.git' / 'worktrees' / workspace.name}" in second
+    assert "git works" in second
+    assert database.read_bytes().startswith(b"SQLite format 3")
+    assert not token_file.is_symlink()
+    assert (workspace / ".git").read_text().strip() == (
+        f"gitdir: {git_repo / '.git' / 'worktrees' / workspace.name}"
+    )

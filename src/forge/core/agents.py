@@ -59,7 +59,6 @@ from forge.workspace.worktrees import (
     RepoSource,
     Workspace,
     WorktreeManager,
-    worktree_git_metadata,
 )
 
 log = logging.getLogger(__name__)
@@ -191,6 +190,8 @@ class AgentService:
             row.sandbox = pooled.sandbox.to_json()
         async with self.db.write() as session:
             session.add(row)
+        if pooled is not None:
+            await self.pool.claimed(pooled)
         task = self._start_provisioning(agent_id, pooled.sandbox if pooled else None)
         if wait:
             with contextlib.suppress(Exception):
@@ -618,9 +619,7 @@ class AgentService:
             profile: Profile | None = self.profiles.get(profile_name)
         except InvalidRequest:
             profile = None
-        git = None
-        if workspace.branch is not None:
-            git = await asyncio.to_thread(worktree_git_metadata, workspace.path, workspace.branch)
+        git = await self.worktrees.git_metadata(workspace)
         return SandboxSpec(
             agent_id=agent_id,
             workspace=workspace.path,
@@ -679,7 +678,12 @@ class AgentService:
             await link.close()
         sandbox = await self._sandbox_of(agent_id)
         if sandbox is not None:
-            await self.runtime.destroy(sandbox)
+            try:
+                await self.runtime.destroy(sandbox)
+            except Exception:
+                # Whatever the engine or cluster left is the orphan sweep's to collect; the
+                # agent's state must move on regardless.
+                log.exception("destroying the sandbox of %s failed", agent_id)
             async with self.db.write() as session:
                 agent = await session.get(AgentRow, agent_id)
                 if agent is not None:

@@ -30,8 +30,10 @@ from forge.workspace.worktrees import RepoSource, Workspace, WorktreeManager
 
 log = logging.getLogger(__name__)
 
-# Seconds between attempts to refill a pool whose last provisioning failed.
+# Seconds before retrying to refill a pool whose last provisioning failed, doubling up to the
+# maximum while it keeps failing.
 RETRY_SECONDS = 5.0
+MAX_RETRY_SECONDS = 300.0
 
 SpecBuilder = Callable[[str, str, Workspace], Awaitable[SandboxSpec]]
 
@@ -135,14 +137,19 @@ class WarmPool:
                 self._discarding.add(discarding)
                 discarding.add_done_callback(self._discarding.discard)
                 continue
-            await asyncio.to_thread(_unlink, self._note_path(pooled.agent_id))
             return pooled
         return None
+
+    async def claimed(self, pooled: PooledSandbox) -> None:
+        """The agent taking `pooled` is stored: the sandbox is no longer the pool's to clean up
+        (until then a crash leaves the note, and the next start destroys the sandbox)."""
+        await asyncio.to_thread(_unlink, self._note_path(pooled.agent_id))
 
     # ---- filling ---------------------------------------------------------------------------------
 
     async def _fill(self, key: PoolKey) -> None:
         size = self._sizes[key]
+        delay = RETRY_SECONDS
         while True:
             await self._wanted[key].wait()
             self._wanted[key].clear()
@@ -152,9 +159,11 @@ class WarmPool:
                 except asyncio.CancelledError:
                     raise
                 except Exception:
-                    log.exception("warm pool %s: provisioning failed; retrying", key)
-                    await asyncio.sleep(RETRY_SECONDS)
+                    log.exception("warm pool %s: provisioning failed; retrying in %gs", key, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, MAX_RETRY_SECONDS)
                     continue
+                delay = RETRY_SECONDS
                 self._ready[key].append(pooled)
 
     async def _provision(self, key: PoolKey) -> PooledSandbox:
@@ -163,36 +172,43 @@ class WarmPool:
             source = await self.worktrees.resolve(key.repo, key.base_ref or None)
         agent_id = ids.agent_id()
         await asyncio.to_thread(self._write_note, agent_id, {"repo": key.repo})
-        workspace = await self.worktrees.create(agent_id, source)
-        spec = await self.spec_for(agent_id, key.profile, workspace)
-        sandbox = await self.runtime.provision(spec)
-        pooled = PooledSandbox(
+        sandbox: Sandbox | None = None
+        try:
+            workspace = await self.worktrees.create(agent_id, source)
+            spec = await self.spec_for(agent_id, key.profile, workspace)
+            sandbox = await self.runtime.provision(spec)
+            note = {"repo": key.repo, "sandbox": sandbox.to_json()}
+            await asyncio.to_thread(self._write_note, agent_id, note)
+            client = RunnerClient(sandbox.address, sandbox.token)
+            try:
+                await client.wait_ready(self.settings.sandbox.start_timeout_seconds)
+            finally:
+                await client.close()
+        except BaseException:
+            # Nothing of a failed (or cancelled) start stays behind: no sandbox, no worktree or
+            # branch, no note.
+            await asyncio.shield(self._discard_parts(agent_id, key.repo, sandbox))
+            raise
+        return PooledSandbox(
             agent_id=agent_id,
             key=key,
             base_commit=source.base_commit if source else None,
             workspace=workspace,
             sandbox=sandbox,
         )
-        note = {"repo": key.repo, "sandbox": sandbox.to_json()}
-        await asyncio.to_thread(self._write_note, agent_id, note)
-        client = RunnerClient(sandbox.address, sandbox.token)
-        try:
-            await client.wait_ready(self.settings.sandbox.start_timeout_seconds)
-        except BaseException:
-            await self._discard(pooled)
-            raise
-        finally:
-            await client.close()
-        return pooled
 
     async def _discard(self, pooled: PooledSandbox) -> None:
+        await self._discard_parts(pooled.agent_id, pooled.key.repo, pooled.sandbox)
+
+    async def _discard_parts(self, agent_id: str, repo: str, sandbox: Sandbox | None) -> None:
+        if sandbox is not None:
+            try:
+                await self.runtime.destroy(sandbox)
+            except Exception:
+                log.exception("warm pool: destroying the sandbox of %s failed", agent_id)
         with contextlib.suppress(Exception):
-            await self.runtime.destroy(pooled.sandbox)
-        with contextlib.suppress(Exception):
-            await self.worktrees.remove(
-                pooled.agent_id, pooled.key.repo or None, delete_branch=True
-            )
-        await asyncio.to_thread(_unlink, self._note_path(pooled.agent_id))
+            await self.worktrees.remove(agent_id, repo or None, delete_branch=True)
+        await asyncio.to_thread(_unlink, self._note_path(agent_id))
 
     # ---- leftovers of a platform that died -------------------------------------------------------
 

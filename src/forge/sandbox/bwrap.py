@@ -72,7 +72,10 @@ ETC_ENTRIES = (
     "protocols",
     "resolv.conf",
     "services",
-    "ssl",
+    # The trust store and OpenSSL's config; not /etc/ssl/private (root's keys, readable by the
+    # owner bits when Forge runs as root).
+    "ssl/certs",
+    "ssl/openssl.cnf",
     "timezone",
 )
 
@@ -88,7 +91,7 @@ class BwrapRuntime:
         self.command = settings.sandbox.bwrap.command or shutil.which("bwrap") or "bwrap"
         self.uid = settings.sandbox.bwrap.uid
         self.gid = settings.sandbox.bwrap.gid
-        instance = hashlib.sha256(str(self.state_dir).encode()).hexdigest()[:12]
+        instance = cgroup_instance(self.state_dir)
         self.cgroups = CgroupManager(instance) if settings.sandbox.bwrap.cgroups else None
         if self.cgroups is not None and not self.cgroups.available:
             log.warning(
@@ -114,7 +117,8 @@ class BwrapRuntime:
         env = self._environment(spec)
         prepare = _child_setup(spec.limits, cgroup)
         try:
-            with open(agent_dir / "runner.log", "ab") as out:  # noqa: ASYNC230 - instant
+            out_fd = os.open(agent_dir / "runner.log", os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW)
+            with os.fdopen(out_fd, "ab") as out:
                 proc = await asyncio.create_subprocess_exec(
                     *args,
                     stdin=asyncio.subprocess.DEVNULL,
@@ -153,7 +157,7 @@ class BwrapRuntime:
         if pid > 0 and await asyncio.to_thread(is_our_runner, pid, agent_dir):
             await terminate_group(pid)
         if pid > 0:
-            await asyncio.to_thread(kill_session, pid)
+            await asyncio.to_thread(kill_session, pid, agent_dir)
         cgroup_paths = sandbox.handle.get("cgroups")
         if isinstance(cgroup_paths, list):
             cgroup = SandboxCgroup.from_json(cgroup_paths)
@@ -202,7 +206,11 @@ class BwrapRuntime:
         args += ["--ro-bind", str(agent_dir / "etc" / "passwd"), "/etc/passwd"]
         args += ["--ro-bind", str(agent_dir / "etc" / "group"), "/etc/group"]
         args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp", "--tmpfs", "/var/tmp"]
-        args += ["--tmpfs", "/run", "--bind", str(agent_dir), INSIDE_STATE]
+        # The state directory read-only (token), with writable only the socket's directory, the
+        # log file and the home: nothing in it the platform writes can be swapped for a link.
+        args += ["--tmpfs", "/run", "--ro-bind", str(agent_dir), INSIDE_STATE]
+        args += ["--bind", str(agent_dir / "sock"), f"{INSIDE_STATE}/sock"]
+        args += ["--bind", str(agent_dir / "runner.log"), f"{INSIDE_STATE}/runner.log"]
         args += ["--bind", str(agent_dir / "home"), INSIDE_HOME]
         for path in self.read_only:
             args += ["--ro-bind-try", str(path), str(path)]
@@ -210,6 +218,9 @@ class BwrapRuntime:
             args += ["--ro-bind", str(spec.git_common_dir), str(spec.git_common_dir)]
             for path in spec.git_writable:
                 args += ["--bind", str(path), str(path)]
+            # New objects may be added, but the packs (most of the history) stay read-only.
+            for path in (spec.git_common_dir / "objects" / "pack",):
+                args += ["--ro-bind-try", str(path), str(path)]
         args += ["--bind", str(spec.workspace), str(spec.workspace), "--chdir", str(spec.workspace)]
         args += [
             "--",
@@ -217,7 +228,7 @@ class BwrapRuntime:
             "-m",
             "forge.runner",
             "--listen",
-            f"unix:{INSIDE_STATE}/runner.sock",
+            f"unix:{INSIDE_STATE}/sock/runner.sock",
             "--workspace",
             str(spec.workspace),
             "--agent-id",
@@ -244,22 +255,35 @@ class BwrapRuntime:
         return env
 
     def _prepare_state(self, agent_dir: Path) -> None:
+        """A fresh state directory: what an earlier sandbox could write there (its socket
+        directory, log and home; never the rest) is not trusted."""
         agent_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for name in ("sock", "etc"):
+            shutil.rmtree(agent_dir / name, ignore_errors=True)
+            (agent_dir / name).mkdir(mode=0o700)
         (agent_dir / "home").mkdir(exist_ok=True, mode=0o700)
-        etc = agent_dir / "etc"
-        etc.mkdir(exist_ok=True)
-        (etc / "passwd").write_text(
+        write_private(
+            agent_dir / "etc" / "passwd",
             "root:x:0:0:root:/root:/usr/sbin/nologin\n"
             f"{INSIDE_USER}:x:{self.uid}:{self.gid}:Forge agent:{INSIDE_HOME}:/bin/sh\n"
-            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+            "nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n",
+            mode=0o644,
         )
-        (etc / "group").write_text(f"root:x:0:\n{INSIDE_USER}:x:{self.gid}:\nnogroup:x:65534:\n")
-        unlink_quietly(agent_dir / "runner.sock")
+        write_private(
+            agent_dir / "etc" / "group",
+            f"root:x:0:\n{INSIDE_USER}:x:{self.gid}:\nnogroup:x:65534:\n",
+            mode=0o644,
+        )
+        log_file = agent_dir / "runner.log"
+        if log_file.is_symlink() or (log_file.exists() and not log_file.is_file()):
+            unlink_quietly(log_file)
+        fd = os.open(log_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        os.close(fd)
 
     def _socket_path(self, agent_dir: Path, agent_id: str) -> Path:
         """The host path to connect to: the socket itself, or a short link to it when the state
         directory is too deep for a Unix socket address."""
-        socket_path = agent_dir / "runner.sock"
+        socket_path = agent_dir / "sock" / "runner.sock"
         if len(str(socket_path)) <= MAX_SOCKET_PATH:
             return socket_path
         short = short_socket_dir(self.state_dir)
@@ -314,11 +338,25 @@ def _host_paths_to_expose(settings: Settings) -> list[Path]:
         candidates += _installation_of(command)
     candidates += [Path(path) for path in settings.sandbox.read_only_paths]
     kept = _without_nested(path.resolve() for path in candidates if path.is_absolute())
-    private = settings.data_dir.resolve()
-    for path in kept:
-        if private.is_relative_to(path):
-            log.warning("bwrap: not exposing %s: it holds Forge's data directory", path)
-    return [path for path in kept if not private.is_relative_to(path)]
+    return [path for path in kept if _safe_to_expose(path, settings)]
+
+
+def _safe_to_expose(path: Path, settings: Settings) -> bool:
+    """Not `/`, not a home directory (or `/home`), and holding none of Forge's own files: its
+    data directory, database or configuration file."""
+    private = [settings.data_dir.resolve()]
+    config = os.environ.get("FORGE_CONFIG")
+    if config:
+        private.append(Path(config).resolve())
+    homes = {Path("/"), Path("/root"), Path("/home"), Path.home().resolve()}
+    if path in homes or path.parent == Path("/home"):
+        log.warning("bwrap: not exposing %s: a home directory; name its subdirectories", path)
+        return False
+    for own in private:
+        if own.is_relative_to(path):
+            log.warning("bwrap: not exposing %s: it holds Forge's own %s", path, own)
+            return False
+    return True
 
 
 def _installation_of(command: str) -> list[Path]:
@@ -345,6 +383,11 @@ def _without_nested(paths: Iterable[Path]) -> list[Path]:
             continue
         kept.append(path)
     return kept
+
+
+def cgroup_instance(state_dir: Path) -> str:
+    """The name of the cgroup parent (`forge-<name>`) of one installation's sandboxes."""
+    return hashlib.sha256(str(state_dir).encode()).hexdigest()[:12]
 
 
 def bwrap_works(command: str = "") -> tuple[bool, str]:

@@ -105,13 +105,26 @@ class CgroupManager:
     def __init__(self, instance: str) -> None:
         self.instance = instance
         self._layout = _detect_layout()
-        if self._layout is not None:
-            for base in self._layout[1].values():
-                _sweep_empty(base / f"forge-{instance}")
+        self.remove_empty()
+
+    def remove_empty(self) -> None:
+        """Remove this instance's groups that hold no process (left by sandboxes that ended
+        without their platform), and its parent group once empty."""
+        if self._layout is None:
+            return
+        for base in self._layout[1].values():
+            parent = base / f"forge-{self.instance}"
+            _sweep_empty(parent)
+            with contextlib.suppress(OSError):
+                parent.rmdir()
 
     @property
     def available(self) -> bool:
         return self._layout is not None
+
+    def bases(self) -> list[Path]:
+        """The groups (one per hierarchy) under which this instance's groups are made."""
+        return [] if self._layout is None else list(self._layout[1].values())
 
     @property
     def version(self) -> int:

@@ -229,6 +229,10 @@ class DockerRuntime:
             common = str(spec.git_common_dir)
             mounts.append(Mount(common, common, type="bind", read_only=True))
             mounts += [Mount(str(p), str(p), type="bind") for p in spec.git_writable]
+            # New objects may be added, but the packs (most of the history) stay read-only.
+            packs = spec.git_common_dir / "objects" / "pack"
+            if packs.is_dir():
+                mounts.append(Mount(str(packs), str(packs), type="bind", read_only=True))
         environment = {k: v for k, v in spec.env.items() if k not in _HOST_ONLY_ENV}
         environment["HOME"] = HOME_DIR
         if self.settings.forge_source:

@@ -42,6 +42,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
+from kubernetes.utils import parse_quantity
 
 from forge.config import ConfigError, KubernetesSettings, Settings
 from forge.core.errors import ProvisioningFailed
@@ -304,10 +305,12 @@ def _resources(settings: KubernetesSettings, limits: ResourceLimits) -> k8s.V1Re
         bounds["cpu"] = f"{math.ceil(limits.cpus * 1000)}m"
     if limits.memory_bytes > 0:
         bounds["memory"] = f"{max(1, limits.memory_bytes // (1024 * 1024))}Mi"
-    return k8s.V1ResourceRequirements(
-        requests={"cpu": settings.cpu_request, "memory": settings.memory_request},
-        limits=bounds or None,
-    )
+    requests = {"cpu": settings.cpu_request, "memory": settings.memory_request}
+    for name, bound in bounds.items():
+        # A request above its limit is refused by the API server: the limit is also the request.
+        if parse_quantity(requests[name]) > parse_quantity(bound):  # type: ignore[no-untyped-call]
+            requests[name] = bound
+    return k8s.V1ResourceRequirements(requests=requests, limits=bounds or None)
 
 
 def deny_egress_policy(settings: KubernetesSettings) -> k8s.V1NetworkPolicy:

@@ -99,7 +99,7 @@ class LocalRuntime:
         if pid > 0:
             # Executors have process groups of their own inside the runner's session (whose id
             # is the runner's pid): a runner that died or was killed may have left them.
-            await asyncio.to_thread(kill_session, pid)
+            await asyncio.to_thread(kill_session, pid, agent_dir)
         if agent_dir:
             await asyncio.to_thread(shutil.rmtree, agent_dir, True)
         if sandbox.address.startswith("unix:"):

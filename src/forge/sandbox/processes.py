@@ -62,16 +62,23 @@ def _processes() -> Iterator[_ProcStat]:
         yield _ProcStat(int(entry.name), fields[0], int(fields[2]), int(fields[3]))
 
 
-def kill_session(sid: int) -> None:
-    """SIGKILL every process whose session id is `sid`."""
+def kill_session(sid: int, agent_dir: str) -> None:
+    """SIGKILL every process of the session a runner started as `sid` led: the runner's own
+    (`is_our_runner`), or, when no process has that pid any more, what it left behind. A pid
+    reused by another process (after a reboot, say) is left alone, with its session."""
+    if Path(f"/proc/{sid}").exists() and not is_our_runner(sid, agent_dir):
+        return
     for proc in _processes():
         if proc.session == sid:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(proc.pid, signal.SIGKILL)
 
 
-def write_private(path: Path, content: str) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+def write_private(path: Path, content: str, mode: int = 0o600) -> None:
+    """Replace `path` with a new file holding `content` (never writing through a link that may
+    have been put in its place)."""
+    unlink_quietly(path)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     with os.fdopen(fd, "w") as handle:
         handle.write(content)
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import shutil
@@ -65,6 +66,8 @@ class Workspace:
     path: Path
     branch: str | None
     base_commit: str | None
+    # The repository a worktree belongs to (None for an empty directory).
+    repo: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -74,30 +77,6 @@ class GitMetadata:
 
     common_dir: Path
     writable: tuple[Path, ...]
-
-
-def worktree_git_metadata(path: Path, branch: str) -> GitMetadata | None:
-    """The git metadata of the worktree at `path` on `branch`, or None when `path` is no linked
-    worktree. Creates the branch's ref and reflog directories when missing (they must exist to
-    be mounted)."""
-    try:
-        pointer = (path / ".git").read_text()
-    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-        return None
-    if not pointer.startswith("gitdir:"):
-        return None
-    own_dir = Path(pointer.removeprefix("gitdir:").strip())
-    if not own_dir.is_absolute():
-        own_dir = (path / own_dir).resolve()
-    try:
-        common = (own_dir / (own_dir / "commondir").read_text().strip()).resolve()
-    except OSError:
-        return None
-    ref_dir = common / "refs" / "heads" / Path(branch).parent
-    log_dir = common / "logs" / "refs" / "heads" / Path(branch).parent
-    for directory in (ref_dir, log_dir):
-        directory.mkdir(parents=True, exist_ok=True)
-    return GitMetadata(common_dir=common, writable=(own_dir, common / "objects", ref_dir, log_dir))
 
 
 class WorktreeManager:
@@ -150,8 +129,12 @@ class WorktreeManager:
             await asyncio.to_thread(path.mkdir, exist_ok=True)
             return Workspace(path=path, branch=None, base_commit=None)
         branch = BRANCH_PREFIX + agent_id
-        if await asyncio.to_thread(path.exists) and await self._is_worktree_on(path, branch):
-            return Workspace(path=path, branch=branch, base_commit=source.base_commit)
+        if await asyncio.to_thread(path.exists) and await self._is_worktree_on(
+            source.repo, path, branch
+        ):
+            return Workspace(
+                path=path, branch=branch, base_commit=source.base_commit, repo=source.repo
+            )
         async with self._lock(source.repo):
             try:
                 await git(
@@ -166,7 +149,25 @@ class WorktreeManager:
                 )
             except GitError as exc:
                 raise ProvisioningFailed(f"could not create the worktree: {exc.stderr}") from exc
-        return Workspace(path=path, branch=branch, base_commit=source.base_commit)
+        return Workspace(path=path, branch=branch, base_commit=source.base_commit, repo=source.repo)
+
+    async def git_metadata(self, workspace: Workspace) -> GitMetadata | None:
+        """What the worktree needs of its repository's git directory inside a sandbox, found from
+        the repository's side, never from the worktree (whose `.git` file the agent can rewrite
+        to point anywhere). The worktree's `.git` link and its administrative files are written
+        afresh, so whatever an earlier sandbox planted there cannot steer git, in the sandbox
+        or on the host. None for an empty workspace."""
+        if workspace.repo is None or workspace.branch is None:
+            return None
+        try:
+            common = await git(
+                "rev-parse", "--path-format=absolute", "--git-common-dir", cwd=workspace.repo
+            )
+        except GitError as exc:
+            raise ProvisioningFailed(f"cannot read the repository's git metadata: {exc}") from exc
+        return await asyncio.to_thread(
+            _restore_worktree_links, Path(common.strip()), workspace.path, workspace.branch
+        )
 
     async def remove(self, agent_id: str, repo: str | None, *, delete_branch: bool) -> None:
         """Remove the workspace (and its branch when asked). Missing pieces are not an error."""
@@ -189,12 +190,50 @@ class WorktreeManager:
         else:
             await asyncio.to_thread(shutil.rmtree, path, True)
 
-    async def _is_worktree_on(self, path: Path, branch: str) -> bool:
+    async def _is_worktree_on(self, repo: Path, path: Path, branch: str) -> bool:
+        """Whether the repository has a worktree at `path` on `branch` (asked of the repository:
+        running git inside the worktree would read what the agent may have planted there)."""
         try:
-            head = await git("rev-parse", "--abbrev-ref", "HEAD", cwd=path)
+            listing = await git("worktree", "list", "--porcelain", cwd=repo)
         except GitError:
             return False
-        return head.strip() == branch
+        resolved = await asyncio.to_thread(path.resolve)
+        wanted = {f"worktree {resolved}", f"branch refs/heads/{branch}"}
+        return any(wanted <= set(block.splitlines()) for block in listing.split("\n\n"))
 
     def _lock(self, repo: Path) -> asyncio.Lock:
         return self._repo_locks.setdefault(repo.resolve(), asyncio.Lock())
+
+
+def _restore_worktree_links(common: Path, path: Path, branch: str) -> GitMetadata:
+    """Rewrite the links between the worktree at `path` and its administrative directory
+    `<common>/worktrees/<name>` (git names it after the worktree's directory), and make sure the
+    branch's ref and reflog directories exist (to be mounted)."""
+    own_dir = common / "worktrees" / path.name
+    if not own_dir.is_dir():
+        raise ProvisioningFailed(
+            f"the worktree {path} has no administrative directory {own_dir} in its repository; "
+            "delete the agent with purge=true and create it again"
+        )
+    dot_git = path / ".git"
+    if dot_git.is_dir() and not dot_git.is_symlink():
+        # The agent made `.git` a repository of its own: keep it aside, restore the link.
+        dot_git.rename(path / f".git.replaced-{os.getpid()}")
+    _write_file_safely(dot_git, f"gitdir: {own_dir}\n")
+    _write_file_safely(own_dir / "gitdir", f"{dot_git}\n")
+    _write_file_safely(own_dir / "commondir", "../..\n")
+    ref_dir = common / "refs" / "heads" / Path(branch).parent
+    log_dir = common / "logs" / "refs" / "heads" / Path(branch).parent
+    for directory in (ref_dir, log_dir):
+        directory.mkdir(parents=True, exist_ok=True)
+    return GitMetadata(common_dir=common, writable=(own_dir, common / "objects", ref_dir, log_dir))
+
+
+def _write_file_safely(path: Path, content: str) -> None:
+    """Replace `path` with a new file holding `content`, never writing through a link the agent
+    may have put in its place."""
+    with contextlib.suppress(FileNotFoundError):
+        path.unlink()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(content)
