@@ -123,6 +123,9 @@ def _service(socket: Path, env: dict[str, str], log_path: Path) -> Iterator[None
         proc = subprocess.Popen(
             ["podman", "system", "service", "--time=0", f"unix://{socket}"],
             env=env,
+            # conmon leaves an `oom` marker in its working directory when a container hits its
+            # memory limit: keep that out of the checkout.
+            cwd=log_path.parent,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,
