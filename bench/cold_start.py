@@ -5,8 +5,8 @@ without the warm pool, with the git worktree step and the sandbox step shown apa
         [--repeat 10] [--docker-url unix:///path/podman.sock --docker-image IMAGE]
         [--json PATH]
 
-For each repository size a repository of that many files (small source-like files in nested
-directories, one commit) is generated once. Then, per runtime:
+For each repository size a repository of that many files (small source-like files, ten a
+directory, one commit) is generated once. Then, per runtime:
 
 - steps: Forge's own `WorktreeManager.create` (the `git worktree add` of the agent's branch) and
   the runtime's `provision` until the runner accepts connections, timed apart, in this process;
@@ -56,7 +56,8 @@ def make_repo(root: Path, files: int) -> Path:
         return repo
     repo.mkdir(parents=True)
     for i in range(files):
-        path = repo / f"pkg{i % 50:02d}" / f"mod{i // 50 % 40:02d}" / f"file{i}.py"
+        # Ten files a directory, twenty directories a package: a source tree's shape.
+        path = repo / f"pkg{i // 200:02d}" / f"mod{i // 10 % 20:02d}" / f"file{i}.py"
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(f'"""Module {i}."""\n\n\ndef f{i}(x: int) -> int:\n    return x + {i}\n')
     env = {
@@ -126,8 +127,9 @@ async def measure_steps(settings: Settings, repo: Path, repeat: int) -> dict[str
 
 
 def bwrap_overhead(runtime: BwrapRuntime, settings: Settings, repeat: int) -> dict[str, Any]:
-    """Forge's sandbox (every mount, the limits) around `true`, against bare bubblewrap: what
-    the sandbox itself costs, apart from the runner's start."""
+    """Forge's bwrap command line (every namespace and mount; not the rlimits and cgroup, which
+    cost a few system calls) around `true`, against bare bubblewrap: what the sandbox itself
+    costs, apart from the runner's start."""
     workspace = settings.data_dir / "overhead-ws"
     workspace.mkdir(parents=True, exist_ok=True)
     spec = SandboxSpec(
@@ -145,6 +147,7 @@ def bwrap_overhead(runtime: BwrapRuntime, settings: Settings, repeat: int) -> di
             started = time.perf_counter()
             subprocess.run(args, check=True, stdin=subprocess.DEVNULL)
             timings[name].append(time.perf_counter() - started)
+    shutil.rmtree(agent_dir, ignore_errors=True)
     return {name: summary(values) for name, values in timings.items()}
 
 
