@@ -42,14 +42,9 @@ def test_created_agents_take_pooled_sandboxes_and_the_pool_refills(
     forge_server: Any, git_repo: Path
 ) -> None:
     server: ForgeServer = forge_server(pool_config(git_repo))
-    wait_for(
-        lambda: (
-            len(pooled_ids(server)) == 3
-            and all(runner_pids(agent_id) for agent_id in pooled_ids(server))
-        ),
-        timeout=30,
-    )
+    wait_for(lambda: pool_ready(server, 2, 1), timeout=30)
     waiting = pooled_ids(server)
+    assert len(waiting) == 3 and all(runner_pids(agent_id) for agent_id in waiting)
 
     agent = server.create_agent(repo=str(git_repo))
     assert agent["id"] in waiting, "the agent did not take a pooled sandbox"
@@ -82,7 +77,10 @@ def test_a_pooled_worktree_of_an_older_commit_is_not_handed_out(
 ) -> None:
     server: ForgeServer = forge_server(pool_config(git_repo, size=1))
     wait_for(lambda: pool_ready(server, 1, 1), timeout=30)
-    stale = pooled_ids(server)
+    # The repository entry's sandbox (the one with a branch; the other has an empty workspace).
+    [stale] = [
+        a for a in pooled_ids(server) if git("branch", "--list", f"forge/{a}", cwd=git_repo).strip()
+    ]
     (git_repo / "new.txt").write_text("new\n")
     git("add", "new.txt", cwd=git_repo)
     git("commit", "-qm", "new", cwd=git_repo)
@@ -90,13 +88,12 @@ def test_a_pooled_worktree_of_an_older_commit_is_not_handed_out(
     agent = server.create_agent(repo=str(git_repo))
     assert agent["base_commit"] == git("rev-parse", "HEAD", cwd=git_repo).strip()
     assert (Path(agent["workspace_path"]) / "new.txt").exists()
-    # The stale sandbox was destroyed (its runner gone), not handed out.
-    [stale_repo_id] = [
-        a for a in stale if git("branch", "--list", f"forge/{a}", cwd=git_repo).strip()
-    ] or [None]
-    assert agent["id"] != stale_repo_id
-    if stale_repo_id:
-        wait_for(lambda: not runner_pids(stale_repo_id), timeout=20)
+    # The stale sandbox was destroyed (runner, worktree and branch), not handed out.
+    assert agent["id"] != stale
+    wait_for(lambda: not runner_pids(stale), timeout=20)
+    wait_for(lambda: not git("branch", "--list", f"forge/{stale}", cwd=git_repo).strip())
+    # A fresh one of the new commit takes its place.
+    wait_for(lambda: pool_ready(server, 1, 1), timeout=30)
 
 
 def test_pooled_sandboxes_left_by_a_killed_platform_are_destroyed_at_start(
