@@ -20,7 +20,6 @@ from forge.config import DockerSettings, SandboxSettings, Settings
 from forge.core.errors import ProvisioningFailed
 from forge.runner import RunnerClient
 from forge.runner.client import RunnerUnauthenticated
-from forge.runner.proto import runner_pb2
 from forge.sandbox.base import ResourceLimits, Sandbox, SandboxSpec
 from forge.sandbox.docker import DockerRuntime, container_name
 from tests.integration.conftest import ForgeServer, git, wait_for
@@ -30,6 +29,7 @@ from tests.support.podman import (
     PodmanEngine,
     docker_sandbox_config,
 )
+from tests.support.sandboxes import run_command
 
 # The first test also builds the runner image when this machine has not cached it (~100 s).
 pytestmark = pytest.mark.timeout(300)
@@ -98,31 +98,6 @@ def worktree(tmp_path: Path, agent_id: str) -> tuple[Path, Path, tuple[Path, ...
 def owner_and_mode(path: Path) -> tuple[int, int]:
     info = os.stat(path)
     return info.st_uid, stat.S_IMODE(info.st_mode)
-
-
-async def run_command(sandbox: Sandbox, command: str, prompt: str = "") -> tuple[str, str]:
-    """Run `command` through the runner; (its stdout lines, the outcome)."""
-    client = RunnerClient(sandbox.address, sandbox.token)
-    try:
-        await client.wait_ready(20)
-        stream = await client.connect()
-        spec = runner_pb2.ExecutorSpec(kind="command", command=command)
-        await stream.run("req_1", prompt, spec)
-        lines = []
-        async with asyncio.timeout(30):
-            async for message in stream:
-                kind = message.WhichOneof("kind")
-                if kind == "event":
-                    entry = json.loads(message.event.entry_json or "{}")
-                    lines.append(str(entry.get("text", "")))
-                if kind in ("complete", "error"):
-                    await stream.ack(message.runner_seq)
-                    outcome = message.complete.outcome if kind == "complete" else "error"
-                    await stream.close()
-                    return "\n".join(lines), outcome
-        raise AssertionError("the run did not end")
-    finally:
-        await client.close()
 
 
 # What the sandbox looks like from inside, one `key=value` line each.

@@ -17,8 +17,7 @@ from forge.config import KubernetesSettings, SandboxSettings, Settings, Worktree
 from forge.core.errors import ProvisioningFailed
 from forge.runner import RunnerClient
 from forge.runner.client import RunnerUnauthenticated
-from forge.runner.proto import runner_pb2
-from forge.sandbox.base import ResourceLimits, Sandbox, SandboxSpec
+from forge.sandbox.base import ResourceLimits, SandboxSpec
 from forge.sandbox.kubernetes import (
     AGENT_LABEL,
     DENY_EGRESS_POLICY,
@@ -27,6 +26,7 @@ from forge.sandbox.kubernetes import (
 )
 from tests.integration.conftest import ForgeServer, wait_for
 from tests.support.fake_kube import FakeKube, FakeKubelet, free_port
+from tests.support.sandboxes import run_command
 
 NAMESPACE = "forge-test"
 AGENT = "ag_01jz8k2m3n4p5q6r7s8t9v0w1x"
@@ -69,30 +69,6 @@ def agent_spec(tmp_path: Path, agent_id: str = AGENT, **fields: Any) -> SandboxS
     fields.setdefault("owner_id", "alice@example.com")
     fields.setdefault("profile", "default")
     return SandboxSpec(agent_id=agent_id, workspace=workspace, **fields)
-
-
-async def run_command(sandbox: Sandbox, command: str, prompt: str = "") -> tuple[str, str]:
-    """Run `command` through the runner; (its output, the outcome)."""
-    client = RunnerClient(sandbox.address, sandbox.token)
-    try:
-        await client.wait_ready(10)
-        stream = await client.connect()
-        spec = runner_pb2.ExecutorSpec(kind="command", command=command)
-        await stream.run("req_1", prompt, spec)
-        output = []
-        async with asyncio.timeout(20):
-            async for message in stream:
-                kind = message.WhichOneof("kind")
-                if kind == "event":
-                    output += [message.event.raw_json, message.event.entry_json]
-                if kind in ("complete", "error"):
-                    await stream.ack(message.runner_seq)
-                    outcome = message.complete.outcome if kind == "complete" else "error"
-                    await stream.close()
-                    return "\n".join(output), outcome
-        raise AssertionError("the run did not end")
-    finally:
-        await client.close()
 
 
 def assert_within_rbac(kube: FakeKube) -> None:

@@ -37,10 +37,9 @@ from forge.sandbox.cgroups import CgroupManager, CgroupUnavailable, SandboxCgrou
 from forge.sandbox.processes import (
     MAX_SOCKET_PATH,
     check_private_dir,
-    is_our_runner,
-    kill_session,
+    end_runner_processes,
+    runner_process_status,
     short_socket_dir,
-    terminate_group,
     unlink_quietly,
     write_private,
 )
@@ -145,19 +144,11 @@ class BwrapRuntime:
         return Sandbox(address=f"unix:{socket_path}", token=token, handle=handle)
 
     async def status(self, sandbox: Sandbox) -> SandboxState:
-        pid = int(sandbox.handle.get("pid", 0))
-        agent_dir = str(sandbox.handle.get("state_dir", ""))
-        if pid > 0 and await asyncio.to_thread(is_our_runner, pid, agent_dir):
-            return "running"
-        return "exited" if pid > 0 else "missing"
+        return await runner_process_status(sandbox)
 
     async def destroy(self, sandbox: Sandbox) -> None:
-        pid = int(sandbox.handle.get("pid", 0))
+        await end_runner_processes(sandbox)
         agent_dir = str(sandbox.handle.get("state_dir", ""))
-        if pid > 0 and await asyncio.to_thread(is_our_runner, pid, agent_dir):
-            await terminate_group(pid)
-        if pid > 0:
-            await asyncio.to_thread(kill_session, pid, agent_dir)
         cgroup_paths = sandbox.handle.get("cgroups")
         if isinstance(cgroup_paths, list):
             cgroup = SandboxCgroup.from_json(cgroup_paths)

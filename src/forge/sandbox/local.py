@@ -15,10 +15,9 @@ from forge.sandbox.processes import (
     MAX_SOCKET_PATH,
     SHORT_DIR_PREFIX,
     check_private_dir,
-    is_our_runner,
-    kill_session,
+    end_runner_processes,
+    runner_process_status,
     short_socket_dir,
-    terminate_group,
     unlink_quietly,
     write_private,
 )
@@ -85,21 +84,11 @@ class LocalRuntime:
         )
 
     async def status(self, sandbox: Sandbox) -> SandboxState:
-        pid = int(sandbox.handle.get("pid", 0))
-        agent_dir = str(sandbox.handle.get("state_dir", ""))
-        if pid > 0 and await asyncio.to_thread(is_our_runner, pid, agent_dir):
-            return "running"
-        return "exited" if pid > 0 else "missing"
+        return await runner_process_status(sandbox)
 
     async def destroy(self, sandbox: Sandbox) -> None:
-        pid = int(sandbox.handle.get("pid", 0))
+        await end_runner_processes(sandbox)
         agent_dir = str(sandbox.handle.get("state_dir", ""))
-        if pid > 0 and await asyncio.to_thread(is_our_runner, pid, agent_dir):
-            await terminate_group(pid)
-        if pid > 0:
-            # Executors have process groups of their own inside the runner's session (whose id
-            # is the runner's pid): a runner that died or was killed may have left them.
-            await asyncio.to_thread(kill_session, pid, agent_dir)
         if agent_dir:
             await asyncio.to_thread(shutil.rmtree, agent_dir, True)
         if sandbox.address.startswith("unix:"):

@@ -12,6 +12,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
+from forge.sandbox.base import Sandbox, SandboxState
+
 # sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
 MAX_SOCKET_PATH = 100
 SHORT_DIR_PREFIX = "forge-"
@@ -116,3 +118,25 @@ def _group_alive(pgid: int) -> bool:
         return True
     # Only zombies left counts as gone.
     return any(p.pgrp == pgid and p.state != "Z" for p in _processes())
+
+
+async def runner_process_status(sandbox: Sandbox) -> SandboxState:
+    """`status` of a runtime whose sandbox is a process tree led by `handle["pid"]`."""
+    pid = int(sandbox.handle.get("pid", 0))
+    agent_dir = str(sandbox.handle.get("state_dir", ""))
+    if pid > 0 and await asyncio.to_thread(is_our_runner, pid, agent_dir):
+        return "running"
+    return "exited" if pid > 0 else "missing"
+
+
+async def end_runner_processes(sandbox: Sandbox) -> None:
+    """SIGTERM, then SIGKILL, the sandbox's process group while its leader is ours; then
+    SIGKILL what is left of its session: executors have process groups of their own inside the
+    runner's session (whose id is the leader's pid), which a runner that died may have left."""
+    pid = int(sandbox.handle.get("pid", 0))
+    agent_dir = str(sandbox.handle.get("state_dir", ""))
+    if pid <= 0:
+        return
+    if await asyncio.to_thread(is_our_runner, pid, agent_dir):
+        await terminate_group(pid)
+    await asyncio.to_thread(kill_session, pid, agent_dir)
