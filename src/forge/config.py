@@ -53,6 +53,12 @@ class WorktreeSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     base_path: str = ""
+    # `DELETE /worktrees/cleanup` removes the worktrees of stopped (or deleted) sessions whose
+    # last activity is older than this many hours.
+    cleanup_hours: float = Field(default=72.0, ge=0)
+    # Creating an agent with a repository is refused (409) while this many worktrees exist
+    # (0 = no limit).
+    max_worktrees: int = Field(default=200, ge=0)
 
 
 class SessionSettings(BaseModel):
