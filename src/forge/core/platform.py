@@ -11,6 +11,7 @@ from forge.core.agents import AgentService
 from forge.core.deliveries import DeliveryService
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.profiles import ProfileCatalog
+from forge.core.sessions import SessionService
 from forge.delivery.dispatcher import WebhookDispatcher
 from forge.sandbox import get_runtime
 from forge.store.db import Database
@@ -38,6 +39,7 @@ class Platform:
             worktrees=WorktreeManager(settings.worktree_base),
             profiles=ProfileCatalog(settings),
         )
+        self.sessions = SessionService(self.db)
         self.deliveries = DeliveryService(
             self.db, endpoint_changed=self.dispatcher.endpoint_changed
         )
