@@ -67,6 +67,8 @@ class SessionSettings(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     max_concurrent: int = Field(default=8, ge=1)
+    # Runs one owner may have executing at once, across the server (0 = only max_concurrent).
+    max_concurrent_per_owner: int = Field(default=0, ge=0)
     # 0 disables the per-run timeout.
     timeout_seconds: int = Field(default=3600, ge=0)
     default_profile: str = "default"

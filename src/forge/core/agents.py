@@ -86,7 +86,10 @@ class AgentService:
         self.worktrees = worktrees
         self.profiles = profiles
         self.scheduler = Scheduler(
-            db, max_concurrent=settings.sessions.max_concurrent, dispatch=self._dispatch
+            db,
+            max_concurrent=settings.sessions.max_concurrent,
+            per_owner=settings.sessions.max_concurrent_per_owner,
+            dispatch=self._dispatch,
         )
         self.pool = WarmPool(settings, runtime, worktrees, self._pool_spec)
         self._links: dict[str, RunnerLink] = {}

@@ -1,4 +1,5 @@
-"""The scheduler: takes queued runs by priority, then age, within `max_concurrent`.
+"""The scheduler: takes queued runs by priority, then age, within `max_concurrent` and the
+per-owner limit.
 
 The runs table is the queue. A pass marks the chosen runs `running` (and their agents `running`)
 in one transaction, then hands each to `dispatch`. An agent runs one run at a time, in order.
@@ -24,9 +25,12 @@ Dispatch = Callable[[RunRow, AgentRow], Awaitable[None]]
 class Scheduler:
     """Starts queued runs whenever there is room; woken by `kick()` and by a slow timer."""
 
-    def __init__(self, db: Database, *, max_concurrent: int, dispatch: Dispatch) -> None:
+    def __init__(
+        self, db: Database, *, max_concurrent: int, dispatch: Dispatch, per_owner: int = 0
+    ) -> None:
         self._db = db
         self._max_concurrent = max_concurrent
+        self._per_owner = per_owner
         self._dispatch = dispatch
         self._wake = asyncio.Event()
         # Held while runs are claimed and their Run messages sent; see `dispatch_lock`.
@@ -70,6 +74,14 @@ class Scheduler:
             room = self._max_concurrent - int(running or 0)
             if room <= 0:
                 return []
+            owners_running: dict[str, int] = {}
+            if self._per_owner:
+                counts = await session.execute(
+                    select(RunRow.owner_id, func.count())
+                    .where(RunRow.status == "running")
+                    .group_by(RunRow.owner_id)
+                )
+                owners_running = {owner: int(n) for owner, n in counts}
             rows = await session.execute(
                 select(RunRow, AgentRow)
                 .join(AgentRow, AgentRow.id == RunRow.agent_id)
@@ -79,14 +91,17 @@ class Scheduler:
                     AgentRow.deleted_at.is_(None),
                 )
                 .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id)
-                .limit(room * 4 + 16)
+                .limit(room * 8 + 64)
             )
             chosen: list[tuple[RunRow, AgentRow]] = []
             agents_taken: set[str] = set()
             for run, agent in rows:
                 if agent.id in agents_taken:
                     continue
+                if self._per_owner and owners_running.get(run.owner_id, 0) >= self._per_owner:
+                    continue
                 agents_taken.add(agent.id)
+                owners_running[run.owner_id] = owners_running.get(run.owner_id, 0) + 1
                 run.status = "running"
                 run.started_at = utcnow()
                 agent.status = "running"
