@@ -69,6 +69,9 @@ class SessionSettings(BaseModel):
     max_concurrent: int = Field(default=8, ge=1)
     # Runs one owner may have executing at once, across the server (0 = only max_concurrent).
     max_concurrent_per_owner: int = Field(default=0, ge=0)
+    # A session ready with nothing to do this long is stopped: its sandbox goes, its workspace
+    # and the executor's conversation stay, and the next message continues it (0 = never).
+    idle_stop_seconds: float = Field(default=1800.0, ge=0)
     # 0 disables the per-run timeout.
     timeout_seconds: int = Field(default=3600, ge=0)
     default_profile: str = "default"

@@ -70,6 +70,12 @@ def runtime_for(tmp_path: Path, engine: PodmanEngine, **options: Any) -> DockerR
     return DockerRuntime(settings)
 
 
+def kept_state(agent_dir: Path) -> set[str]:
+    """What destroy left of a sandbox's host directory besides the executors' home (`state`,
+    kept for the session's next sandbox)."""
+    return {p.name for p in agent_dir.iterdir()} - {"state"} if agent_dir.exists() else set()
+
+
 def containers_of(engine: PodmanEngine, agent_id: str) -> list[dict[str, Any]]:
     """Every container (running or not) labelled with the agent."""
     return engine.containers(f"forge.agent={agent_id}")
@@ -202,7 +208,7 @@ async def test_container_is_locked_down_serves_the_runner_and_is_destroyed(
     await runtime.destroy(sandbox)
     assert await runtime.status(sandbox) == "missing"
     assert containers_of(podman, AGENT) == []
-    assert not await asyncio.to_thread(agent_dir.exists)
+    assert await asyncio.to_thread(kept_state, agent_dir) == set()
     await runtime.destroy(sandbox)  # idempotent
 
 
@@ -244,7 +250,7 @@ async def test_host_network_an_exited_runner_and_the_orphan_sweep(
     swept = await runtime.sweep_orphans(set(), min_age_seconds=0)
     assert swept == [container_name(agent_id)]
     assert await runtime.status(sandbox) == "missing"
-    assert not await asyncio.to_thread(Path(sandbox.handle["state_dir"]).exists)
+    assert await asyncio.to_thread(kept_state, Path(sandbox.handle["state_dir"])) == set()
     await runtime.destroy(sandbox)
     await runtime.close()
 
@@ -262,12 +268,12 @@ async def test_provisioning_failures_say_what_to_fix(
     with pytest.raises(ProvisioningFailed, match="build-runner-image"):
         await missing.provision(spec)
     assert containers_of(podman, "ag_fails") == []
-    assert not state_dir.exists()
+    assert kept_state(state_dir) == set()
 
     unreachable = runtime_for(tmp_path, podman, base_url=f"unix://{tmp_path}/no-engine.sock")
     with pytest.raises(ProvisioningFailed, match="cannot reach the container engine"):
         await unreachable.provision(spec)
-    assert not state_dir.exists()
+    assert kept_state(state_dir) == set()
 
     as_root = runtime_for(tmp_path, podman, user="0:0")
     with pytest.raises(ProvisioningFailed, match="must not be root"):
@@ -278,7 +284,7 @@ async def test_provisioning_failures_say_what_to_fix(
     with pytest.raises(ProvisioningFailed, match="refused the sandbox"):
         await no_python.provision(spec)
     assert containers_of(podman, "ag_fails") == []
-    assert not state_dir.exists()
+    assert kept_state(state_dir) == set()
 
 
 def test_forge_serve_runs_a_message_in_a_container(

@@ -18,6 +18,7 @@ from forge.api.errors import error_response, install_error_handlers
 from forge.api.multipart import MESSAGES_PATH, MultipartMessages
 from forge.api.routes import health_router, router
 from forge.api.sessions import sessions_router
+from forge.api.worktrees import worktrees_router
 from forge.api.ws import ws_router
 from forge.config import Settings
 from forge.core.platform import Platform
@@ -102,6 +103,7 @@ def create_app(settings: Settings) -> FastAPI:
         BodySizeLimit, max_bytes=MAX_BODY_BYTES, message_max_bytes=MAX_BODY_BYTES + attachments
     )
     app.include_router(router)
+    app.include_router(worktrees_router)
     app.include_router(sessions_router)
     app.include_router(ws_router)
     app.include_router(health_router)

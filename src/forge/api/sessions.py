@@ -1,4 +1,5 @@
-"""Sessions: `GET /sessions`, `GET /sessions/{id}`, `GET /sessions/{id}/transcript`."""
+"""Sessions and tasks: list, read, transcribe, stop and resume sessions; create and follow
+tasks."""
 
 from __future__ import annotations
 
@@ -6,10 +7,12 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query, Request
+from fastapi import Path as FastPath
 from fastapi.responses import PlainTextResponse
+from pydantic import BaseModel, Field
 
 from forge.api.routes import AGENT_ID_PATTERN, AgentId, UserId, platform_of
-from forge.core.schemas import ErrorBody
+from forge.core.schemas import MAX_MESSAGE_CHARS, ErrorBody, MessageAccepted, MessageCreate
 from forge.core.sessions import (
     Session,
     SessionPage,
@@ -17,11 +20,12 @@ from forge.core.sessions import (
     Transcript,
     transcript_markdown,
 )
+from forge.core.tasks import Task, TaskCreate, TaskList
 
 sessions_router = APIRouter(
     prefix="/api/v1",
     tags=["sessions"],
-    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
 )
 
 
@@ -41,7 +45,7 @@ async def list_sessions(
     cursor: Annotated[str | None, Query(pattern=AGENT_ID_PATTERN)] = None,
 ) -> SessionPage:
     """Newest first; `next_cursor` pages on."""
-    return await platform_of(request).sessions.list(
+    return await platform_of(request).sessions.list_sessions(
         user_id,
         profile=profile,
         status=status,
@@ -73,3 +77,54 @@ async def get_transcript(
     if format == "markdown":
         return PlainTextResponse(transcript_markdown(transcript), media_type="text/markdown")
     return transcript
+
+
+class ResumeRequest(BaseModel):
+    prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+
+
+@sessions_router.post(
+    "/sessions/{agent_id}/resume", status_code=202, response_model=MessageAccepted
+)
+async def resume_session(
+    request: Request, agent_id: AgentId, body: ResumeRequest, user_id: UserId = None
+) -> MessageAccepted:
+    """Send the next message; a stopped session gets a new sandbox on the same worktree and its
+    executor continues the same conversation."""
+    return await platform_of(request).agents.send_message(
+        agent_id, user_id, MessageCreate(content=body.prompt, priority=body.priority)
+    )
+
+
+@sessions_router.post("/sessions/{agent_id}/stop", response_model=Session)
+async def stop_session(request: Request, agent_id: AgentId, user_id: UserId = None) -> Session:
+    """Interrupt the running run (and wait for it), end queued ones, remove the sandbox; the
+    workspace and the conversation stay for `resume`."""
+    platform = platform_of(request)
+    await platform.agents.stop_session(agent_id, user_id)
+    return await platform.sessions.get(agent_id, user_id)
+
+
+TaskId = Annotated[str, FastPath(pattern=r"^tk_[0-9a-z]{26}$", description="Task id (tk_...).")]
+
+
+@sessions_router.post("/tasks", status_code=201, response_model=Task, tags=["tasks"])
+async def create_task(request: Request, body: TaskCreate) -> Task:
+    """Make a session for the work and queue its first run (with `priority`)."""
+    return await platform_of(request).tasks.create(body)
+
+
+@sessions_router.get("/tasks", response_model=TaskList, tags=["tasks"])
+async def list_tasks(
+    request: Request,
+    user_id: UserId = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: Annotated[str | None, Query(pattern=r"^tk_[0-9a-z]{26}$")] = None,
+) -> TaskList:
+    return await platform_of(request).tasks.list_tasks(user_id, limit=limit, cursor=cursor)
+
+
+@sessions_router.get("/tasks/{task_id}", response_model=Task, tags=["tasks"])
+async def get_task(request: Request, task_id: TaskId, user_id: UserId = None) -> Task:
+    return await platform_of(request).tasks.get(task_id, user_id)

@@ -12,11 +12,13 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 from collections.abc import Awaitable, Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, func, select
+from sqlalchemy import ColumnElement, exists, func, select
 from sqlalchemy.exc import IntegrityError
 
 from forge.config import Settings
@@ -55,6 +57,7 @@ from forge.sandbox.base import (
 )
 from forge.store.db import Database
 from forge.store.tables import AgentRow, AttachmentRow, PermissionRow, RunRow, utcnow
+from forge.workspace.service import check_worktree_limit
 from forge.workspace.worktrees import (
     RepoSource,
     Workspace,
@@ -119,6 +122,11 @@ class AgentService:
         await self.scheduler.start()
         self.scheduler.kick()
         await self.pool.start()
+        idle = self.settings.sessions.idle_stop_seconds
+        if idle > 0:
+            stopper = asyncio.create_task(self._stop_idle_sessions(idle), name="idle-stop")
+            self._background.add(stopper)
+            stopper.add_done_callback(self._background.discard)
         sweep = getattr(self.runtime, "sweep_orphans", None)
         interval = self.settings.sandbox.orphan_sweep_seconds
         if sweep is not None and interval > 0:
@@ -168,6 +176,7 @@ class AgentService:
         source: RepoSource | None = None
         if body.repo is not None:
             source = await self.worktrees.resolve(body.repo, body.base_ref)
+            await check_worktree_limit(self.settings, self.db, self.pool)
         elif body.base_ref is not None:
             raise InvalidRequest("base_ref needs a repo to branch from", code="invalid_request")
         pooled = await self.pool.take(profile.name, source) if self.pool.enabled else None
@@ -259,6 +268,9 @@ class AgentService:
         )
         if purge:
             await self.worktrees.remove(agent_id, row.repo, delete_branch=True)
+            # The executors' home (their conversations), kept while the session could resume.
+            state = self.settings.runner_state_dir / agent_id
+            await asyncio.to_thread(shutil.rmtree, state, True)
 
     async def update(self, agent_id: str, owner_id: str | None, body: AgentUpdate) -> Agent:
         """Change what the agent's next runs use (the model)."""
@@ -821,6 +833,73 @@ class AgentService:
                 if not still_running:
                     agent.status = "ready"
         self.scheduler.kick()
+
+    async def stop_session(self, agent_id: str, owner_id: str | None) -> None:
+        """Stop the session: its running run is interrupted (and waited for), queued ones end
+        with SESSION_STOPPED, its sandbox goes; the workspace and the executor's conversation
+        stay, so the next message (`resume`) starts a new sandbox and continues."""
+        row = await self._agent_row(agent_id, owner_id)
+        if row.status == "stopped":
+            return
+        with contextlib.suppress(Conflict):
+            await self.interrupt(agent_id, owner_id, InterruptRequest())
+        deadline = (
+            asyncio.get_running_loop().time()
+            + self.settings.sessions.interrupt_grace_seconds * 3
+            + 10
+        )
+        while asyncio.get_running_loop().time() < deadline:
+            async with self.db.read() as session:
+                running = await session.scalar(
+                    select(func.count())
+                    .select_from(RunRow)
+                    .where(RunRow.agent_id == agent_id, RunRow.status == "running")
+                )
+            if not running:
+                break
+            await asyncio.sleep(0.05)
+        await self._end_runs(agent_id, "queued", "the session was stopped", code="SESSION_STOPPED")
+        await self._stop_idle(agent_id)
+
+    async def _stop_idle(self, agent_id: str) -> None:
+        """Remove the sandbox of an agent with nothing to do; it becomes `stopped`."""
+        provisioning = self._provisioning.get(agent_id)
+        if provisioning is not None:
+            provisioning.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await provisioning
+        await self._discard_sandbox(agent_id)
+        await self._end_runs(agent_id, "running", "the session was stopped", code="SESSION_STOPPED")
+        async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            if agent is not None and agent.deleted_at is None:
+                agent.status = "stopped"
+
+    async def _stop_idle_sessions(self, idle_seconds: float) -> None:
+        """Every so often, stop sessions that have been `ready` with nothing queued for
+        `idle_seconds` (their workspace stays)."""
+        while True:
+            await asyncio.sleep(min(30.0, max(idle_seconds / 4, 0.5)))
+            try:
+                cutoff = utcnow() - timedelta(seconds=idle_seconds)
+                queued = exists().where(RunRow.agent_id == AgentRow.id, RunRow.status == "queued")
+                async with self.db.read() as session:
+                    idle = list(
+                        await session.scalars(
+                            select(AgentRow.id).where(
+                                AgentRow.deleted_at.is_(None),
+                                AgentRow.status == "ready",
+                                AgentRow.updated_at < cutoff,
+                                ~queued,
+                            )
+                        )
+                    )
+                for agent_id in idle:
+                    log.info("stopping %s: idle for %gs", agent_id, idle_seconds)
+                    async with self.scheduler.dispatch_lock:
+                        await self._stop_idle(agent_id)
+            except Exception:
+                log.exception("stopping idle sessions failed")
 
     async def _runner_lost(self, agent_id: str) -> None:
         """The runner is gone (or cannot be reached): its run ends with RUNNER_LOST, whatever is

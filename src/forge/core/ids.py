@@ -42,3 +42,7 @@ def event_id() -> str:
 
 def delivery_id() -> str:
     return new_id("dlv")
+
+
+def task_id() -> str:
+    return new_id("tk")

@@ -12,9 +12,11 @@ from forge.core.deliveries import DeliveryService
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.profiles import ProfileCatalog
 from forge.core.sessions import SessionService
+from forge.core.tasks import TaskService
 from forge.delivery.dispatcher import WebhookDispatcher
 from forge.sandbox import get_runtime
 from forge.store.db import Database
+from forge.workspace.service import WorktreeService
 from forge.workspace.worktrees import WorktreeManager
 
 log = logging.getLogger(__name__)
@@ -40,6 +42,10 @@ class Platform:
             profiles=ProfileCatalog(settings),
         )
         self.sessions = SessionService(self.db)
+        self.tasks = TaskService(self.db, self.agents)
+        self.worktrees = WorktreeService(
+            settings, self.db, self.agents.worktrees, pool=self.agents.pool
+        )
         self.deliveries = DeliveryService(
             self.db, endpoint_changed=self.dispatcher.endpoint_changed
         )
@@ -47,6 +53,7 @@ class Platform:
     async def start(self) -> None:
         await self.db.migrate()
         await self.dispatcher.start()
+        await self.worktrees.sweep_orphans()
         await self.agents.start()
         log.info(
             "forge %s started (database: %s, runtime: %s)",

@@ -94,7 +94,7 @@ class SessionService:
     def __init__(self, db: Database) -> None:
         self.db = db
 
-    async def list(
+    async def list_sessions(
         self,
         owner_id: str | None,
         *,

@@ -38,6 +38,7 @@ from forge.sandbox.processes import (
     MAX_SOCKET_PATH,
     check_private_dir,
     end_runner_processes,
+    remove_sandbox_state,
     runner_process_status,
     short_socket_dir,
     unlink_quietly,
@@ -155,7 +156,7 @@ class BwrapRuntime:
             await asyncio.to_thread(cgroup.kill_all)
             await asyncio.to_thread(cgroup.remove)
         if agent_dir:
-            await asyncio.to_thread(shutil.rmtree, agent_dir, True)
+            await asyncio.to_thread(remove_sandbox_state, Path(agent_dir))
         if sandbox.address.startswith("unix:"):
             # The short link to a deep socket (the socket itself went with the state directory).
             await asyncio.to_thread(unlink_quietly, Path(sandbox.address.removeprefix("unix:")))

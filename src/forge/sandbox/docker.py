@@ -16,7 +16,6 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import threading
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from forge.sandbox.processes import (
     MAX_SOCKET_PATH,
     UnsafeSocketDirectory,
     check_private_dir,
+    remove_sandbox_state,
     short_socket_dir,
     write_private,
 )
@@ -424,7 +424,7 @@ class DockerRuntime:
         return link
 
     def _remove_host_state(self, agent_dir: Path, agent_id: str) -> None:
-        shutil.rmtree(agent_dir, ignore_errors=True)
+        remove_sandbox_state(agent_dir)
         short = short_socket_dir(self.state_dir)
         (short / f"{agent_id}.sock").unlink(missing_ok=True)
         with contextlib.suppress(OSError):

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import logging
 import secrets
-import shutil
 import sys
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from forge.sandbox.processes import (
     SHORT_DIR_PREFIX,
     check_private_dir,
     end_runner_processes,
+    remove_sandbox_state,
     runner_process_status,
     short_socket_dir,
     unlink_quietly,
@@ -90,7 +90,7 @@ class LocalRuntime:
         await end_runner_processes(sandbox)
         agent_dir = str(sandbox.handle.get("state_dir", ""))
         if agent_dir:
-            await asyncio.to_thread(shutil.rmtree, agent_dir, True)
+            await asyncio.to_thread(remove_sandbox_state, Path(agent_dir))
         if sandbox.address.startswith("unix:"):
             socket_path = Path(sandbox.address.removeprefix("unix:"))
             await asyncio.to_thread(unlink_quietly, socket_path)

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import hashlib
 import os
+import shutil
 import signal
 import stat
 from collections.abc import Iterator
@@ -140,3 +141,23 @@ async def end_runner_processes(sandbox: Sandbox) -> None:
     if await asyncio.to_thread(is_our_runner, pid, agent_dir):
         await terminate_group(pid)
     await asyncio.to_thread(kill_session, pid, agent_dir)
+
+
+# The executors' home inside a runner's state directory (`home` under bwrap, `state` for the
+# local and docker runtimes): their configuration and conversations. It outlives the sandbox,
+# so a stopped session's next sandbox continues the executor's conversation; deleting the agent
+# with `purge` removes it.
+EXECUTOR_HOMES = ("home", "state")
+
+
+def remove_sandbox_state(agent_dir: Path) -> None:
+    """Remove what a sandbox kept in its state directory, except the executors' home."""
+    if not agent_dir.is_dir():
+        return
+    for entry in agent_dir.iterdir():
+        if entry.name in EXECUTOR_HOMES and entry.is_dir() and not entry.is_symlink():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            unlink_quietly(entry)

@@ -226,3 +226,18 @@ class PermissionRow(Base):
     # When the agent stops waiting (the request's timeout); None: when its run ends.
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     answered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class TaskRow(Base):
+    """A task: a titled piece of work that made a session (an agent) and queued its first run."""
+
+    __tablename__ = "tasks"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_id: Mapped[str] = mapped_column(String(128), index=True)
+    title: Mapped[str] = mapped_column(String(256))
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    # The first run's request id.
+    request_id: Mapped[str] = mapped_column(String(128))
+    priority: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -137,16 +137,16 @@ class WorktreeManager:
             )
         async with self._lock(source.repo):
             try:
-                await git(
-                    "worktree",
-                    "add",
-                    "--quiet",
-                    "-b",
-                    branch,
-                    str(path),
-                    source.base_commit,
-                    cwd=source.repo,
-                )
+                try:
+                    await git(
+                        "rev-parse", "--verify", "--quiet", f"refs/heads/{branch}", cwd=source.repo
+                    )
+                    # The session's branch outlived its worktree (cleaned up while stopped):
+                    # check it out again, with the agent's commits.
+                    where = [str(path), branch]
+                except GitError:
+                    where = ["-b", branch, str(path), source.base_commit]
+                await git("worktree", "add", "--quiet", *where, cwd=source.repo)
             except GitError as exc:
                 raise ProvisioningFailed(f"could not create the worktree: {exc.stderr}") from exc
         return Workspace(path=path, branch=branch, base_commit=source.base_commit, repo=source.repo)

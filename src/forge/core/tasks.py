@@ -1,0 +1,175 @@
+"""Tasks: `POST /tasks` makes a session (an agent) for a piece of work and queues its first
+run; `GET /tasks` shows where each stands, including its place in the queue."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+from sqlalchemy import func, or_, select
+
+from forge.core import ids
+from forge.core.agents import AgentService
+from forge.core.errors import NotFound
+from forge.core.schemas import MAX_MESSAGE_CHARS, NAME_PATTERN, AgentCreate, MessageCreate
+from forge.store.db import Database
+from forge.store.tables import AgentRow, RunRow, TaskRow
+
+TaskStatus = Literal[
+    "provisioning",
+    "queued",
+    "running",
+    "succeeded",
+    "failed",
+    "interrupted",
+    "timed_out",
+    "error",
+]
+
+
+class TaskCreate(BaseModel):
+    """A piece of work for a new session."""
+
+    title: str = Field(min_length=1, max_length=256)
+    prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    owner_id: str = Field(pattern=NAME_PATTERN)
+    profile: str | None = Field(default=None, max_length=128)
+    executor: str | None = Field(default=None, max_length=64)
+    variant: str | None = Field(default=None, max_length=64)
+    repo: str | None = Field(default=None, min_length=1, max_length=4096)
+    base_branch: str | None = Field(default=None, min_length=1, max_length=256)
+    priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
+    metadata: dict[str, Any] | None = None
+
+
+class Task(BaseModel):
+    task_id: str
+    session_id: str
+    request_id: str
+    title: str
+    owner_id: str
+    priority: int
+    status: TaskStatus
+    # 1 = next to start; None unless queued.
+    queue_position: int | None = None
+    created_at: datetime
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+
+class TaskList(BaseModel):
+    tasks: list[Task]
+    total: int
+    next_cursor: str | None = None
+
+
+class TaskService:
+    def __init__(self, db: Database, agents: AgentService) -> None:
+        self.db = db
+        self.agents = agents
+
+    async def create(self, body: TaskCreate) -> Task:
+        metadata = dict(body.metadata or {})
+        metadata.setdefault("title", body.title)
+        agent = await self.agents.create(
+            AgentCreate(
+                owner_id=body.owner_id,
+                profile=body.profile,
+                executor=body.executor,
+                variant=body.variant,
+                repo=body.repo,
+                base_ref=body.base_branch,
+                metadata=metadata,
+            )
+        )
+        task_id = ids.task_id()
+        accepted = await self.agents.send_message(
+            agent.id,
+            body.owner_id,
+            MessageCreate(content=body.prompt, priority=body.priority, request_id=task_id),
+        )
+        async with self.db.write() as session:
+            session.add(
+                TaskRow(
+                    id=task_id,
+                    owner_id=body.owner_id,
+                    title=body.title,
+                    agent_id=agent.id,
+                    request_id=accepted.request_id,
+                    priority=body.priority,
+                )
+            )
+        return await self.get(task_id, body.owner_id)
+
+    async def get(self, task_id: str, owner_id: str | None) -> Task:
+        async with self.db.read() as session:
+            row = await session.get(TaskRow, task_id)
+            if row is None or (owner_id is not None and row.owner_id != owner_id):
+                raise NotFound(f"no task {task_id}")
+            [task] = await self._tasks(session, [row])
+        return task
+
+    async def list_tasks(self, owner_id: str | None, *, limit: int, cursor: str | None) -> TaskList:
+        async with self.db.read() as session:
+            query = select(TaskRow)
+            counting = select(func.count()).select_from(TaskRow)
+            if owner_id is not None:
+                query = query.where(TaskRow.owner_id == owner_id)
+                counting = counting.where(TaskRow.owner_id == owner_id)
+            if cursor is not None:
+                query = query.where(TaskRow.id < cursor)
+            rows = list(await session.scalars(query.order_by(TaskRow.id.desc()).limit(limit + 1)))
+            more = len(rows) > limit
+            rows = rows[:limit]
+            tasks = await self._tasks(session, rows)
+            total = await session.scalar(counting)
+        return TaskList(
+            tasks=tasks, total=int(total or 0), next_cursor=rows[-1].id if more and rows else None
+        )
+
+    async def _tasks(self, session: Any, rows: list[TaskRow]) -> list[Task]:
+        tasks = []
+        for row in rows:
+            run = await session.scalar(
+                select(RunRow).where(
+                    RunRow.agent_id == row.agent_id, RunRow.request_id == row.request_id
+                )
+            )
+            agent = await session.get(AgentRow, row.agent_id)
+            status: TaskStatus = run.status if run is not None else "error"
+            position = None
+            if run is not None and run.status == "queued":
+                if agent is not None and agent.status == "provisioning":
+                    status = "provisioning"
+                position = 1 + int(
+                    await session.scalar(
+                        select(func.count())
+                        .select_from(RunRow)
+                        .where(
+                            RunRow.status == "queued",
+                            or_(
+                                RunRow.priority > run.priority,
+                                (RunRow.priority == run.priority)
+                                & (RunRow.created_at < run.created_at),
+                            ),
+                        )
+                    )
+                    or 0
+                )
+            tasks.append(
+                Task(
+                    task_id=row.id,
+                    session_id=row.agent_id,
+                    request_id=row.request_id,
+                    title=row.title,
+                    owner_id=row.owner_id,
+                    priority=row.priority,
+                    status=status,
+                    queue_position=position,
+                    created_at=row.created_at,
+                    started_at=run.started_at if run is not None else None,
+                    finished_at=run.finished_at if run is not None else None,
+                )
+            )
+        return tasks
