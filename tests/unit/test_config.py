@@ -14,6 +14,10 @@ def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     for key in list(os.environ):
         if key.startswith("FORGE_"):
             monkeypatch.delenv(key)
+    # `load_settings(path)` sets FORGE_CONFIG for the process: recorded here so that it is
+    # undone after the test, or every later `Settings()` of the run would read its file.
+    monkeypatch.setenv("FORGE_CONFIG", "")
+    monkeypatch.delenv("FORGE_CONFIG")
 
 
 def test_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
