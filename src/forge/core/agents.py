@@ -872,8 +872,17 @@ class AgentService:
         await self._end_runs(agent_id, "running", "the session was stopped", code="SESSION_STOPPED")
         async with self.db.write() as session:
             agent = await session.get(AgentRow, agent_id)
-            if agent is not None and agent.deleted_at is None:
-                agent.status = "stopped"
+            if agent is None or agent.deleted_at is not None:
+                return
+            agent.status = "stopped"
+            queued = await session.scalar(
+                select(func.count())
+                .select_from(RunRow)
+                .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
+            )
+        if queued:
+            # A message came in while it was being stopped: start it again for that.
+            self._start_provisioning(agent_id)
 
     async def _stop_idle_sessions(self, idle_seconds: float) -> None:
         """Every so often, stop sessions that have been `ready` with nothing queued for
