@@ -348,6 +348,9 @@ class ProfileSettings(ExecutorVariantSettings):
     description: str = ""
     # The sandbox's network (None = `[sandbox] network`).
     network: NetworkMode | None = None
+    # Shell command run in the sandbox, in the workspace, before the agent's first message
+    # (`npm ci`, `uv sync`). Without one, a repository's committed `.forge/setup.sh` is run.
+    setup_script: str = ""
 
     @model_validator(mode="after")
     def _command_needed(self) -> ProfileSettings:

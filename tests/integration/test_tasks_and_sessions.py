@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from tests.integration.conftest import ForgeServer, host_pid, runner_pids, wait_for
+from tests.integration.conftest import ForgeServer, git, host_pid, runner_pids, wait_for
 from tests.support.model_server import Reply, Script, ScriptedModelServer
 
 pytestmark = pytest.mark.integration
@@ -186,3 +186,41 @@ env = {{ OPENAI_BASE_URL = "{model.url}/v1", OPENAI_API_KEY = "test-key" }}
         # The model saw the earlier turn: the executor continued its conversation.
         messages = json.dumps(model.model_requests()[-1].body["messages"])
         assert "Remember the word kiwi." in messages and "Noted: kiwi." in messages
+
+
+def test_a_setup_script_runs_in_the_sandbox_before_the_first_message(
+    forge_server: Any, git_repo: Path
+) -> None:
+    (git_repo / ".forge").mkdir()
+    (git_repo / ".forge" / "setup.sh").write_text("echo project > .project-setup\n")
+    git("add", ".forge/setup.sh", cwd=git_repo)
+    git("commit", "-qm", "setup", cwd=git_repo)
+    server: ForgeServer = forge_server(
+        '[profiles.shell]\nexecutor = "command"\ncommand = "sh"\n\n'
+        '[profiles.prepared]\nexecutor = "command"\ncommand = "sh"\n'
+        'setup_script = "echo profile > .profile-setup; echo preparing"\n'
+    )
+    # The profile's setup wins; a project's .forge/setup.sh runs when the profile has none.
+    for profile, marker, text in (
+        ("prepared", ".profile-setup", "profile"),
+        ("shell", ".project-setup", "project"),
+    ):
+        created = task(
+            server, title=profile, prompt=f"cat {marker}", profile=profile, repo=str(git_repo)
+        )
+        agent_id = created["session_id"]
+        events = server.wait_final(agent_id, created["request_id"], timeout=60)
+        assert events[-1].get("outcome") == "succeeded", events[-1]
+        assert any((e.get("entry") or {}).get("text") == text for e in events)
+        history = server.history(agent_id)
+        setup = [e for e in history if e["request_id"] == f"setup_{agent_id}"]
+        assert setup and setup[-1]["outcome"] == "succeeded"
+        assert history.index(setup[-1]) < history.index(events[0])
+        transcript = server.http.get(f"/api/v1/sessions/{agent_id}/transcript").json()
+        assert transcript["entries"][0]["kind"] == "setup"
+    # Without a repository or a setup, the first run is the message.
+    plain = task(server, title="plain", prompt="echo hi", profile="shell")
+    server.wait_final(plain["session_id"], plain["request_id"], timeout=60)
+    assert not [
+        e for e in server.history(plain["session_id"]) if e["request_id"].startswith("setup_")
+    ]

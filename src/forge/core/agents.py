@@ -59,14 +59,22 @@ from forge.store.db import Database
 from forge.store.tables import AgentRow, AttachmentRow, PermissionRow, RunRow, utcnow
 from forge.workspace.service import check_worktree_limit
 from forge.workspace.worktrees import (
+    GitError,
     RepoSource,
     Workspace,
     WorktreeManager,
+    git,
 )
 
 log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("provisioning", "ready", "running")
+
+
+# The setup run's request id is this prefix + the agent id; it goes before any message.
+SETUP_PREFIX = "setup_"
+SETUP_PRIORITY = 1000
+PROJECT_SETUP = ".forge/setup.sh"
 
 
 class AgentService:
@@ -200,8 +208,23 @@ class AgentService:
             row.workspace_path = str(pooled.workspace.path)
             row.branch = pooled.workspace.branch
             row.sandbox = pooled.sandbox.to_json()
+        setup = await self._setup_command(profile, source)
         async with self.db.write() as session:
             session.add(row)
+            if setup:
+                # The first run, before any message: the profile's or the project's setup.
+                session.add(
+                    RunRow(
+                        agent_id=agent_id,
+                        request_id=SETUP_PREFIX + agent_id,
+                        owner_id=body.owner_id,
+                        prompt="",
+                        body_hash=hashlib.sha256(setup.encode()).hexdigest(),
+                        status="queued",
+                        priority=SETUP_PRIORITY,
+                        interrupt_requested=False,
+                    )
+                )
         if pooled is not None:
             await self.pool.claimed(pooled)
         task = self._start_provisioning(agent_id, pooled.sandbox if pooled else None)
@@ -369,6 +392,11 @@ class AgentService:
             await check_webhook_url(body.webhook_url, self.settings.webhooks)
         if body.webhook_secret is not None:
             validate_webhook_secret(body.webhook_secret)
+        if body.request_id is not None and body.request_id.startswith(SETUP_PREFIX):
+            raise InvalidRequest(
+                f"request_id must not start with {SETUP_PREFIX!r} (Forge's setup runs use it)",
+                code="invalid_request_id",
+            )
         request_id = body.request_id or ids.request_id()
         body_hash = _hash_body(body)
         try:
@@ -745,8 +773,30 @@ class AgentService:
                 "runner of %s not connected; %s is sent on reconnect", agent.id, run.request_id
             )
 
+    async def _setup_command(self, profile: Profile, source: RepoSource | None) -> str:
+        """The setup to run before the first message: the profile's `setup_script`, else the
+        repository's committed `.forge/setup.sh`, else nothing."""
+        if profile.setup_script.strip():
+            return profile.setup_script
+        if source is None:
+            return ""
+        try:
+            await git("cat-file", "-e", f"{source.base_commit}:{PROJECT_SETUP}", cwd=source.repo)
+        except GitError:
+            return ""
+        return f"sh {PROJECT_SETUP}"
+
     async def _run_message(self, run: RunRow, agent: AgentRow) -> pb.Run:
         profile = self._profile_of(agent)
+        if run.request_id.startswith(SETUP_PREFIX):
+            setup = profile.setup_script.strip() or f"sh {PROJECT_SETUP}"
+            return pb.Run(
+                request_id=run.request_id,
+                prompt="",
+                executor=pb.ExecutorSpec(kind="command", command=setup, settings_json="{}"),
+                env=profile.credentials(),
+                timeout_seconds=self.settings.sessions.timeout_seconds,
+            )
         async with self.db.read() as session:
             attachments = list(
                 await session.scalars(

@@ -54,6 +54,8 @@ class Profile:
     description: str = ""
     # The sandbox's network: "none" or "host" (None = `[sandbox] network`).
     network: str | None = None
+    # Run in the sandbox before the first message (see ProfileSettings).
+    setup_script: str = ""
     # Where it was defined: "builtin", "forge.toml", "executors", or the Markdown file's path.
     source: str = "forge.toml"
 
@@ -255,6 +257,7 @@ AGENT_FILE_KEYS = frozenset(
         "env",
         "settings",
         "network",
+        "setup_script",
     }
 )
 

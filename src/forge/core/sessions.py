@@ -169,12 +169,14 @@ class SessionService:
                     break
                 after = page[-1].seq
         for run in runs:
+            # The setup run (see AgentService) has no message: it is marked as the setup.
+            kind = "setup" if run.request_id.startswith("setup_") else "user_message"
             entries.append(
                 TranscriptEntry(
                     request_id=run.request_id,
                     timestamp=_iso(run.created_at),
-                    kind="user_message",
-                    entry={"kind": "user_message", "text": run.prompt},
+                    kind=kind,
+                    entry={"kind": kind, "text": run.prompt},
                 )
             )
             entries.extend(by_request[run.request_id])
@@ -189,6 +191,8 @@ def transcript_markdown(transcript: Transcript) -> str:
         text = str(entry.get("text") or "").strip()
         if line.kind == "user_message":
             lines += [f"## {line.request_id}", "", "**You:**", "", _quote(text), ""]
+        elif line.kind == "setup":
+            lines += ["## Setup", ""]
         elif line.kind == "assistant_message":
             lines += ["**Agent:**", "", text, ""]
         elif line.kind == "thinking":
