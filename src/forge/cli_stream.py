@@ -44,16 +44,22 @@ def parse_sse(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
 
 class EventStream:
     """The events of one agent after `after`, live, across reconnections: iterate over it.
-    Ends when the server ends the stream twice in a row with nothing new (the agent is gone)."""
+    Ends when the server ends the stream with nothing new and the agent is gone (deleted)."""
 
     def __init__(self, base_url: str, agent_id: str, after: int = 0) -> None:
-        self.url = f"{base_url}/api/v1/agents/{agent_id}/events"
+        self.agent_url = f"{base_url}/api/v1/agents/{agent_id}"
+        self.url = f"{self.agent_url}/events"
         self.last_seq = after
+
+    def _agent_gone(self) -> bool:
+        try:
+            return httpx.get(self.agent_url, timeout=10).status_code == 404
+        except httpx.HTTPError:
+            return False  # not reachable (restarting): keep trying
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         backoff = 0.2
         lost_since: float | None = None
-        ended_empty = False
         while True:
             got_any = False
             try:
@@ -61,10 +67,12 @@ class EventStream:
                     got_any = True
                     lost_since, backoff = None, 0.2
                     yield envelope
-                if ended_empty and not got_any:
+                if got_any:
+                    continue
+                # The server ended a stream with nothing new: the agent was deleted (its log
+                # will not grow), or the server is stopping (a restart): ask which.
+                if self._agent_gone():
                     return
-                ended_empty = not got_any
-                continue
             except (httpx.TransportError, httpx.StreamError) as exc:
                 now = time.monotonic()
                 lost_since = now if lost_since is None else lost_since

@@ -224,3 +224,44 @@ def test_a_setup_script_runs_in_the_sandbox_before_the_first_message(
     assert not [
         e for e in server.history(plain["session_id"]) if e["request_id"].startswith("setup_")
     ]
+
+
+def test_one_owner_cannot_take_more_than_its_share_of_the_slots(forge_server: Any) -> None:
+    server: ForgeServer = forge_server(
+        "max_concurrent = 4\nmax_concurrent_per_owner = 1\n"
+        + QUEUE.replace("[sessions]\nmax_concurrent = 3\n", "")
+    )
+    mine = [task(server, title=f"a{i}", prompt="wait", profile="blocker") for i in range(3)]
+    theirs = task(server, title="b", prompt="wait", profile="blocker", owner_id="bob")
+
+    def running(owner: str) -> int:
+        listed = server.http.get("/api/v1/tasks", params={"user_id": owner}).json()["tasks"]
+        return sum(t["status"] == "running" for t in listed)
+
+    # Slots are free (4), but alice gets one; bob's task is not held up behind hers.
+    wait_for(lambda: running("alice") == 1 and running("bob") == 1, timeout=60)
+    wait_for(
+        lambda: all(
+            server.http.get(f"/api/v1/tasks/{t['task_id']}").json()["status"] == "queued"
+            for t in mine
+            if server.http.get(f"/api/v1/tasks/{t['task_id']}").json()["status"] != "running"
+        ),
+        timeout=30,
+    )
+    assert running("alice") == 1
+    # When hers ends, her next one starts.
+    first = next(
+        t
+        for t in mine
+        if server.http.get(f"/api/v1/tasks/{t['task_id']}").json()["status"] == "running"
+    )
+    workspace = server.http.get(f"/api/v1/sessions/{first['session_id']}").json()["workspace_path"]
+    Path(workspace, "release").write_text("go")
+    wait_for(
+        lambda: (
+            server.http.get(f"/api/v1/tasks/{first['task_id']}").json()["status"] == "succeeded"
+            and running("alice") == 1
+        ),
+        timeout=30,
+    )
+    assert server.http.get(f"/api/v1/tasks/{theirs['task_id']}").json()["status"] == "running"
