@@ -267,10 +267,11 @@ def _flood_past_stalled_clients(
     last_seq = server.http.get(f"/api/v1/agents/{agent_id}").json()["last_seq"]
     assert last_seq > warm + FLOOD_LINES
     assert [s for s in fast.seqs if s > warm] == list(range(warm + 1, last_seq + 1))
-    # The flood was ~50 MB. Held for the stalled client, it would all stay in memory; read from
-    # the log at the client's pace, the server's memory grows by a few MiB (about 10 here).
+    # The flood was ~50 MB. Held for the stalled clients, it would all stay in memory (several
+    # times that as Python objects); read from the log at each client's pace, the server's peak
+    # RSS moves by the flood's own transient use: 10-32 MiB in runs on this shared 2-core machine.
     growth = peak - baseline
-    assert growth < 30 * 1024 * 1024, f"server RSS grew by {growth / 2**20:.1f} MiB"
+    assert growth < 40 * 1024 * 1024, f"server RSS grew by {growth / 2**20:.1f} MiB"
 
     reader.join(timeout=120)
     assert closes, f"the stalled client was not closed; it read {len(received)} events"

@@ -918,21 +918,7 @@ class AgentService:
             provisioning.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await provisioning
-        await self._discard_sandbox(agent_id)
-        await self._end_runs(agent_id, "running", "the session was stopped", code="SESSION_STOPPED")
-        async with self.db.write() as session:
-            agent = await session.get(AgentRow, agent_id)
-            if agent is None or agent.deleted_at is not None:
-                return
-            agent.status = "stopped"
-            queued = await session.scalar(
-                select(func.count())
-                .select_from(RunRow)
-                .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
-            )
-        if queued:
-            # A message came in while it was being stopped: start it again for that.
-            self._start_provisioning(agent_id)
+        await self._to_stopped(agent_id, "the session was stopped", code="SESSION_STOPPED")
 
     async def _stop_idle_sessions(self, idle_seconds: float) -> None:
         """Every so often, stop sessions that have been `ready` with nothing queued for
@@ -964,10 +950,13 @@ class AgentService:
         """The runner is gone (or cannot be reached): its run ends with RUNNER_LOST, whatever is
         left of the sandbox is removed, the workspace is kept, and the next message (or one
         already queued) starts a new runner."""
+        await self._to_stopped(agent_id, "the runner exited unexpectedly", code="RUNNER_LOST")
+
+    async def _to_stopped(self, agent_id: str, reason: str, *, code: str) -> None:
+        """Remove the agent's sandbox, end its running run with `code`, and mark it `stopped`;
+        a message queued meanwhile starts it again at once."""
         await self._discard_sandbox(agent_id)
-        await self._end_runs(
-            agent_id, "running", "the runner exited unexpectedly", code="RUNNER_LOST"
-        )
+        await self._end_runs(agent_id, "running", reason, code=code)
         async with self.db.write() as session:
             agent = await session.get(AgentRow, agent_id)
             if agent is None or agent.deleted_at is not None:
