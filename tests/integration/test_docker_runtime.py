@@ -19,7 +19,6 @@ import pytest
 from forge.config import DockerSettings, SandboxSettings, Settings
 from forge.core.errors import ProvisioningFailed
 from forge.runner import RunnerClient
-from forge.runner.client import RunnerUnauthenticated
 from forge.sandbox.base import ResourceLimits, Sandbox, SandboxSpec
 from forge.sandbox.docker import DockerRuntime, container_name
 from tests.integration.conftest import ForgeServer, git, wait_for
@@ -29,7 +28,7 @@ from tests.support.podman import (
     PodmanEngine,
     docker_sandbox_config,
 )
-from tests.support.sandboxes import run_command
+from tests.support.sandboxes import assert_refuses_a_wrong_token, run_command
 
 # The first test also builds the runner image when this machine has not cached it (~100 s).
 pytestmark = pytest.mark.timeout(300)
@@ -183,15 +182,7 @@ async def test_container_is_locked_down_serves_the_runner_and_is_destroyed(
     assert owner_and_mode(agent_dir) == (UID, 0o700)
 
     # Nobody else gets in.
-    intruder = RunnerClient(sandbox.address, "not-the-token")
-    try:
-        stream = await intruder.connect()
-        with pytest.raises(RunnerUnauthenticated):
-            async with asyncio.timeout(10):
-                async for _message in stream:
-                    pass
-    finally:
-        await intruder.close()
+    await assert_refuses_a_wrong_token(sandbox)
 
     # The engine's view: labels, limits, lockdown.
     (listed,) = containers_of(podman, AGENT)

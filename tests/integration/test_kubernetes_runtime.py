@@ -16,7 +16,6 @@ import pytest
 from forge.config import KubernetesSettings, SandboxSettings, Settings, WorktreeSettings
 from forge.core.errors import ProvisioningFailed
 from forge.runner import RunnerClient
-from forge.runner.client import RunnerUnauthenticated
 from forge.sandbox.base import ResourceLimits, SandboxSpec
 from forge.sandbox.kubernetes import (
     AGENT_LABEL,
@@ -26,7 +25,7 @@ from forge.sandbox.kubernetes import (
 )
 from tests.integration.conftest import ForgeServer, wait_for
 from tests.support.fake_kube import FakeKube, FakeKubelet, free_port
-from tests.support.sandboxes import run_command
+from tests.support.sandboxes import assert_refuses_a_wrong_token, run_command
 
 NAMESPACE = "forge-test"
 AGENT = "ag_01jz8k2m3n4p5q6r7s8t9v0w1x"
@@ -107,15 +106,7 @@ async def test_pod_starts_serves_the_runner_and_is_destroyed(
     secret = kube.get("secrets", NAMESPACE, sandbox.handle["secret"])
     assert secret is not None
     assert base64.b64decode(secret["data"]["token"]).decode() == sandbox.token
-    intruder = RunnerClient(sandbox.address, "not-the-token")
-    try:
-        stream = await intruder.connect()
-        with pytest.raises(RunnerUnauthenticated):
-            async with asyncio.timeout(10):
-                async for _message in stream:
-                    pass
-    finally:
-        await intruder.close()
+    await assert_refuses_a_wrong_token(sandbox)
 
     await runtime.destroy(sandbox)
     assert await runtime.status(sandbox) == "missing"

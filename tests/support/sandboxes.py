@@ -5,7 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 
+import pytest
+
 from forge.runner import RunnerClient
+from forge.runner.client import RunnerUnauthenticated
 from forge.runner.proto import runner_pb2
 from forge.sandbox.base import Sandbox
 
@@ -34,3 +37,16 @@ async def run_command(sandbox: Sandbox, command: str, prompt: str = "") -> tuple
         raise AssertionError("the run did not end")
     finally:
         await client.close()
+
+
+async def assert_refuses_a_wrong_token(sandbox: Sandbox) -> None:
+    """The sandbox's runner refuses a connection that does not bring its token."""
+    intruder = RunnerClient(sandbox.address, "not-the-token")
+    try:
+        stream = await intruder.connect()
+        with pytest.raises(RunnerUnauthenticated):
+            async with asyncio.timeout(10):
+                async for _message in stream:
+                    pass
+    finally:
+        await intruder.close()

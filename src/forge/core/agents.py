@@ -634,21 +634,11 @@ class AgentService:
                 agent.sandbox = sandbox.to_json()
                 agent.runner_ack = 0
                 deleted = agent.deleted_at is not None
-            if not deleted:
-                link = self._attach(agent_id, sandbox)
-                await link.wait_connected(self.settings.sandbox.start_timeout_seconds)
-                async with self.db.write() as session:
-                    agent = await session.get(AgentRow, agent_id)
-                    assert agent is not None
-                    deleted = agent.deleted_at is not None
-                    if not deleted:
-                        agent.status = "ready"
-                        agent.error_message = None
             if deleted:
                 # Deleted while we were starting it: nobody else will stop this runner.
                 await self._discard_sandbox(agent_id)
                 return
-            self.scheduler.kick()
+            await self._connect(agent_id, sandbox)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -675,21 +665,25 @@ class AgentService:
             git_writable=git.writable if git else (),
         )
 
+    async def _connect(self, agent_id: str, sandbox: Sandbox) -> None:
+        """Supervise the agent's new runner and, once connected, make the agent `ready` (or,
+        deleted meanwhile, remove the sandbox: nobody else will stop this runner)."""
+        link = self._attach(agent_id, sandbox)
+        await link.wait_connected(self.settings.sandbox.start_timeout_seconds)
+        async with self.db.write() as session:
+            agent = await session.get(AgentRow, agent_id)
+            deleted = agent is None or agent.deleted_at is not None
+            if agent is not None and not deleted:
+                agent.status = "ready"
+                agent.error_message = None
+        if deleted:
+            await self._discard_sandbox(agent_id)
+            return
+        self.scheduler.kick()
+
     async def _adopt(self, agent_id: str, sandbox: Sandbox) -> None:
         try:
-            link = self._attach(agent_id, sandbox)
-            await link.wait_connected(self.settings.sandbox.start_timeout_seconds)
-            async with self.db.write() as session:
-                agent = await session.get(AgentRow, agent_id)
-                if agent is None or agent.deleted_at is not None:
-                    deleted = True
-                else:
-                    deleted = False
-                    agent.status = "ready"
-            if deleted:
-                await self._discard_sandbox(agent_id)
-                return
-            self.scheduler.kick()
+            await self._connect(agent_id, sandbox)
         except asyncio.CancelledError:
             raise
         except Exception:

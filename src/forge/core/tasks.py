@@ -129,18 +129,32 @@ class TaskService:
         )
 
     async def _tasks(self, session: Any, rows: list[TaskRow]) -> list[Task]:
-        tasks = []
-        for row in rows:
-            run = await session.scalar(
+        """The tasks of `rows`, with their runs and agents read in one query each (the queue
+        position is counted for queued ones only)."""
+        agent_ids = {row.agent_id for row in rows}
+        runs = {
+            (run.agent_id, run.request_id): run
+            for run in await session.scalars(
                 select(RunRow).where(
-                    RunRow.agent_id == row.agent_id, RunRow.request_id == row.request_id
+                    RunRow.agent_id.in_(agent_ids),
+                    RunRow.request_id.in_({row.request_id for row in rows}),
                 )
             )
-            agent = await session.get(AgentRow, row.agent_id)
+        }
+        agent_status = dict(
+            (
+                await session.execute(
+                    select(AgentRow.id, AgentRow.status).where(AgentRow.id.in_(agent_ids))
+                )
+            ).all()
+        )
+        tasks = []
+        for row in rows:
+            run = runs.get((row.agent_id, row.request_id))
             status: TaskStatus = run.status if run is not None else "error"
             position = None
             if run is not None and run.status == "queued":
-                if agent is not None and agent.status == "provisioning":
+                if agent_status.get(row.agent_id) == "provisioning":
                     status = "provisioning"
                 position = 1 + int(
                     await session.scalar(

@@ -33,7 +33,7 @@ from forge.config import Settings
 from forge.core.errors import Conflict, InvalidRequest, NotFound
 from forge.store.db import Database
 from forge.store.tables import AgentRow, RunRow, utcnow
-from forge.workspace.worktrees import BRANCH_PREFIX, GitError, WorktreeManager, _git_env
+from forge.workspace.worktrees import BRANCH_PREFIX, GitError, WorktreeManager, git_env
 
 log = logging.getLogger(__name__)
 
@@ -693,7 +693,7 @@ async def _run(
         stdin=asyncio.subprocess.PIPE if stdin is not None else asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env={**_git_env(), **(env or {})},
+        env={**git_env(), **(env or {})},
     )
     if limit is None:
         out, err = await proc.communicate(stdin)

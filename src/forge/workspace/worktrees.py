@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import shutil
@@ -11,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from forge.core.errors import InvalidRequest, ProvisioningFailed
+from forge.sandbox.processes import write_private
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +35,7 @@ async def git(*args: str, cwd: Path | str | None = None) -> str:
         stdin=asyncio.subprocess.DEVNULL,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.PIPE,
-        env=_git_env(),
+        env=git_env(),
     )
     out, err = await proc.communicate()
     if proc.returncode != 0:
@@ -43,7 +43,7 @@ async def git(*args: str, cwd: Path | str | None = None) -> str:
     return out.decode(errors="replace")
 
 
-def _git_env() -> dict[str, str]:
+def git_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "LANG", "LC_ALL", "TZ")}
     # Never wait for a credential prompt or an editor.
     env.update(GIT_TERMINAL_PROMPT="0", GIT_EDITOR="true", GIT_OPTIONAL_LOCKS="0")
@@ -219,21 +219,11 @@ def _restore_worktree_links(common: Path, path: Path, branch: str) -> GitMetadat
     if dot_git.is_dir() and not dot_git.is_symlink():
         # The agent made `.git` a repository of its own: keep it aside, restore the link.
         dot_git.rename(path / f".git.replaced-{os.getpid()}")
-    _write_file_safely(dot_git, f"gitdir: {own_dir}\n")
-    _write_file_safely(own_dir / "gitdir", f"{dot_git}\n")
-    _write_file_safely(own_dir / "commondir", "../..\n")
+    write_private(dot_git, f"gitdir: {own_dir}\n", mode=0o644)
+    write_private(own_dir / "gitdir", f"{dot_git}\n", mode=0o644)
+    write_private(own_dir / "commondir", "../..\n", mode=0o644)
     ref_dir = common / "refs" / "heads" / Path(branch).parent
     log_dir = common / "logs" / "refs" / "heads" / Path(branch).parent
     for directory in (ref_dir, log_dir):
         directory.mkdir(parents=True, exist_ok=True)
     return GitMetadata(common_dir=common, writable=(own_dir, common / "objects", ref_dir, log_dir))
-
-
-def _write_file_safely(path: Path, content: str) -> None:
-    """Replace `path` with a new file holding `content`, never writing through a link the agent
-    may have put in its place."""
-    with contextlib.suppress(FileNotFoundError):
-        path.unlink()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(content)
