@@ -16,8 +16,15 @@ import httpx
 import typer
 
 from forge import __version__, cli_import
-from forge.cli_stream import EventStream, StreamError, history, render_event, run_exit_code
-from forge.config import ConfigError, Settings, load_settings
+from forge.cli_stream import (
+    EventStream,
+    StreamError,
+    auth_headers,
+    history,
+    render_event,
+    run_exit_code,
+)
+from forge.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Forge: run AI coding agents in isolated workspaces.", no_args_is_help=True)
 agents_app = typer.Typer(help="Inspect agents on a running server.", no_args_is_help=True)
@@ -26,6 +33,10 @@ worktrees_app = typer.Typer(help="List and clean up worktrees.", no_args_is_help
 app.add_typer(agents_app, name="agents")
 app.add_typer(sessions_app, name="sessions")
 app.add_typer(worktrees_app, name="worktrees")
+keys_app = typer.Typer(
+    help="Manage owners' API keys (needs the admin key in FORGE_API_KEY).", no_args_is_help=True
+)
+app.add_typer(keys_app, name="keys")
 cli_import.register(app)
 
 ConfigOption = Annotated[
@@ -75,10 +86,31 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     log = logging.getLogger("forge")
-    if settings.server.host not in ("127.0.0.1", "localhost", "::1"):
+    auth = settings.auth
+    if auth.enabled:
+        log.info(
+            "authentication is on: every request needs an API key (admin key %s)",
+            "set" if auth.admin_key else "not set: set FORGE_API_KEY to manage keys",
+        )
+    elif settings.server.host not in LOOPBACK_HOSTS:
+        if not settings.server.allow_remote_without_auth:
+            typer.echo(
+                f"error: authentication is off, so Forge listens on 127.0.0.1 only, not on "
+                f"{settings.server.host}. Turn it on ([auth] enabled = true or "
+                "FORGE_AUTH_ENABLED=true, with keys from `forge keys create`) or, if something "
+                "in front of Forge authenticates, set [server] allow_remote_without_auth = true.",
+                err=True,
+            )
+            raise typer.Exit(2)
         log.warning(
-            "listening on %s without authentication: anyone who can reach this port can run "
-            "commands through Forge",
+            "authentication is off and Forge listens on %s: anyone who can reach this port can "
+            "run commands through Forge",
+            settings.server.host,
+        )
+    else:
+        log.warning(
+            "authentication is off: Forge listens on %s only; anything on this machine that "
+            "can reach it, agents in sandboxes with the host's network included, can use the API",
             settings.server.host,
         )
     database = make_url(settings.database_url).render_as_string(hide_password=True)
@@ -114,7 +146,9 @@ def _request(
     """One request; a server that cannot be reached, or answers an error, ends the command
     with `error: <code>: <message>` and exit code 1."""
     try:
-        response = httpx.request(method, url, params=params, json=body, timeout=30)
+        response = httpx.request(
+            method, url, params=params, json=body, headers=auth_headers(), timeout=30
+        )
     except httpx.HTTPError as exc:
         typer.echo(f"error: cannot reach Forge at {url}: {exc}", err=True)
         raise typer.Exit(1) from exc
@@ -276,9 +310,13 @@ def _print_event(envelope: dict[str, Any]) -> None:
         typer.echo(line)
 
 
-def _default_owner() -> str:
+def _default_owner() -> str | None:
+    """$FORGE_OWNER; else, with an API key, None (an owner's key decides for itself); else the
+    login name."""
     if os.environ.get("FORGE_OWNER"):
         return os.environ["FORGE_OWNER"]
+    if auth_headers():
+        return None
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # No login name (a container without a passwd entry).
@@ -295,7 +333,11 @@ def run(
         typer.Option(help="Repository to work on (default: the one containing the cwd)."),
     ] = None,
     owner: Annotated[
-        str | None, typer.Option(help="Owner id (default: $FORGE_OWNER, else your login).")
+        str | None,
+        typer.Option(
+            help="Owner id (default: $FORGE_OWNER; else your key's owner with FORGE_API_KEY, "
+            "or your login without)."
+        ),
     ] = None,
     priority: Annotated[int, typer.Option(min=-1000, max=1000, help="Higher runs first.")] = 0,
     title: Annotated[str | None, typer.Option(help="Default: the prompt's first line.")] = None,
@@ -562,3 +604,56 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+@keys_app.command("create")
+def keys_create(
+    owner: Annotated[str, typer.Option(help="The owner the key acts for.")],
+    name: Annotated[str, typer.Option(help="A label: who or what uses the key.")] = "",
+    config: ConfigOption = None,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """Make a key for OWNER and print it (only now: the server keeps a hash)."""
+    key = _post(f"{_base_url(config, base_url)}/api/v1/keys", {"owner_id": owner, "name": name})
+    typer.echo(
+        f"created {key['key_id']} for {key['owner_id']}; the key (shown only now):", err=True
+    )
+    typer.echo(key["key"])
+
+
+@keys_app.command("list")
+def keys_list(
+    owner: Annotated[str | None, typer.Option(help="Only this owner's keys.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    config: ConfigOption = None,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """List the keys (never the keys themselves), newest first."""
+    params = {"owner_id": owner} if owner else None
+    data = _get(f"{_base_url(config, base_url)}/api/v1/keys", params)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    rows: list[tuple[str, ...]] = [("KEY", "OWNER", "NAME", "CREATED", "REVOKED")]
+    rows.extend(
+        (
+            k["key_id"],
+            k["owner_id"],
+            k["name"] or "-",
+            k["created_at"][:19],
+            (k["revoked_at"] or "-")[:19],
+        )
+        for k in data["keys"]
+    )
+    _print_table(rows)
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (key_...), from `forge keys list`.")],
+    config: ConfigOption = None,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """Revoke a key: requests with it are refused from now on."""
+    key = _delete(f"{_base_url(config, base_url)}/api/v1/keys/{key_id}")
+    typer.echo(f"revoked {key['key_id']} ({key['owner_id']})")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -11,12 +12,25 @@ from typing import Any
 import httpx
 import typer
 
-__all__ = ["EventStream", "StreamError", "history", "render_event", "run_exit_code"]
+__all__ = [
+    "EventStream",
+    "StreamError",
+    "auth_headers",
+    "history",
+    "render_event",
+    "run_exit_code",
+]
 
 # How long a lost stream is retried without getting a single event before giving up.
 RECONNECT_FOR_SECONDS = 30.0
 # The server sends a keep-alive comment every 15 s (default); a longer silence is a dead link.
 READ_TIMEOUT_SECONDS = 60.0
+
+
+def auth_headers() -> dict[str, str]:
+    """`Authorization` with the key in `FORGE_API_KEY`, if one is set."""
+    key = os.environ.get("FORGE_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 class StreamError(Exception):
@@ -53,7 +67,8 @@ class EventStream:
 
     def _agent_gone(self) -> bool:
         try:
-            return httpx.get(self.agent_url, timeout=10).status_code == 404
+            response = httpx.get(self.agent_url, headers=auth_headers(), timeout=10)
+            return response.status_code == 404
         except httpx.HTTPError:
             return False  # not reachable (restarting): keep trying
 
@@ -82,7 +97,11 @@ class EventStream:
             backoff = min(backoff * 2, 5.0)
 
     def _connect(self) -> Iterator[dict[str, Any]]:
-        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(self.last_seq)}
+        headers = {
+            "Accept": "text/event-stream",
+            "Last-Event-ID": str(self.last_seq),
+            **auth_headers(),
+        }
         timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_SECONDS)
         params = {"after": self.last_seq}
         with httpx.stream("GET", self.url, params=params, headers=headers, timeout=timeout) as r:
@@ -100,7 +119,9 @@ def history(base_url: str, agent_id: str, after: int = 0) -> Iterator[dict[str, 
     url = f"{base_url}/api/v1/agents/{agent_id}/events"
     while True:
         try:
-            response = httpx.get(url, params={"after": after, "limit": 1000}, timeout=30)
+            response = httpx.get(
+                url, params={"after": after, "limit": 1000}, headers=auth_headers(), timeout=30
+            )
         except httpx.HTTPError as exc:
             raise StreamError("unreachable", f"cannot reach Forge at {url}: {exc}") from exc
         if response.status_code >= 400:

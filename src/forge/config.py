@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import platformdirs
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -37,6 +37,41 @@ class ServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8887, ge=0, le=65535)
+    # Without authentication Forge refuses to listen beyond loopback; set this to listen anyway
+    # (behind a proxy that authenticates, say).
+    allow_remote_without_auth: bool = False
+
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# An admin key shorter than this is refused: it must not be guessable.
+MIN_ADMIN_KEY_CHARS = 24
+
+
+class AuthSettings(BaseModel):
+    """`[auth]`: API keys. `enabled` is also `FORGE_AUTH_ENABLED`; the admin key comes from the
+    environment, `FORGE_API_KEY` (keep it out of files)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    admin_key: SecretStr | None = Field(default=None, exclude=True)
+    # Requests each key may make per minute (0 = no limit), refilled evenly; `rate_limit_burst`
+    # is how many may come at once.
+    rate_limit_per_minute: int = Field(default=1200, ge=0, le=1_000_000)
+    rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000)
+    # How long a checked key is trusted before the database is asked again; a revocation made
+    # on another replica takes effect within this time (at once on the replica that made it).
+    key_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
+
+    @field_validator("admin_key")
+    @classmethod
+    def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and len(value.get_secret_value()) < MIN_ADMIN_KEY_CHARS:
+            raise ValueError(
+                f"FORGE_API_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters; "
+                "make one with `openssl rand -hex 32`"
+            )
+        return value
 
 
 class DatabaseSettings(BaseModel):
@@ -376,6 +411,7 @@ class Settings(BaseSettings):
 
     data_dir: Path = Field(default_factory=default_data_dir)
     server: ServerSettings = Field(default_factory=ServerSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     worktrees: WorktreeSettings = Field(default_factory=WorktreeSettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
@@ -389,6 +425,25 @@ class Settings(BaseSettings):
     # FORGE, COMMAND).
     executors: dict[str, dict[str, ExecutorVariantSettings]] = Field(default_factory=dict)
     agent_files: AgentFileSettings = Field(default_factory=AgentFileSettings)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _auth_from_environment(cls, data: Any) -> Any:
+        # The documented short names, FORGE_AUTH_ENABLED and FORGE_API_KEY, rather than the
+        # nested FORGE_AUTH__ENABLED; like every environment variable they win over the file.
+        if not isinstance(data, dict):
+            return data
+        enabled = os.environ.get("FORGE_AUTH_ENABLED")
+        key = os.environ.get("FORGE_API_KEY")
+        if enabled is None and not key:
+            return data
+        auth = data.get("auth")
+        auth = dict(auth) if isinstance(auth, dict) else {}
+        if enabled is not None:
+            auth["enabled"] = enabled
+        if key:
+            auth["admin_key"] = key
+        return {**data, "auth": auth}
 
     @field_validator("profiles", mode="after")
     @classmethod

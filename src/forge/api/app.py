@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -14,7 +15,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from forge import __version__
+from forge.api.auth import Authenticate, HideTokens
 from forge.api.errors import error_response, install_error_handlers
+from forge.api.keys import keys_router
 from forge.api.multipart import MESSAGES_PATH, MultipartMessages
 from forge.api.routes import health_router, router
 from forge.api.sessions import sessions_router
@@ -102,10 +105,13 @@ def create_app(settings: Settings) -> FastAPI:
     app.add_middleware(
         BodySizeLimit, max_bytes=MAX_BODY_BYTES, message_max_bytes=MAX_BODY_BYTES + attachments
     )
+    # Added last, so it runs first: nothing is read from an unauthenticated request.
+    app.add_middleware(Authenticate, settings=settings.auth)
     app.include_router(router)
     app.include_router(worktrees_router)
     app.include_router(sessions_router)
     app.include_router(ws_router)
+    app.include_router(keys_router)
     app.include_router(health_router)
     return app
 
@@ -182,4 +188,8 @@ def run_server(settings: Settings, *, log_level: str = "info") -> None:
         ws_max_size=ws.max_message_size,
         ws_per_message_deflate=ws.compression,
     )
+    # After the config, which sets up uvicorn's logging: keys sent as `access_token` stay out
+    # of the access log.
+    for name in ("uvicorn.access", "uvicorn.error"):
+        logging.getLogger(name).addFilter(HideTokens())
     _Server(config, app).run()

@@ -6,13 +6,13 @@ import functools
 import logging
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Header, Path, Query, Request, Response
+from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
+from forge.api.auth import CallerOf, OwnerScope, bearer_scheme
 from forge.api.streams import sse_stream
 from forge.core.platform import Platform
 from forge.core.schemas import (
-    NAME_PATTERN,
     Agent,
     AgentCreate,
     AgentList,
@@ -39,20 +39,23 @@ MAX_SEQ = 2**63 - 1
 AGENT_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 AgentId = Annotated[str, Path(pattern=AGENT_ID_PATTERN, description="Agent id (ag_...).")]
-UserId = Annotated[
-    str | None,
-    Query(pattern=NAME_PATTERN, description="Owner; another owner's agent answers 404."),
-]
 
+# What every authenticated route may answer besides its own errors.
+AUTH_ERRORS: dict[int | str, dict[str, object]] = {
+    401: {"model": ErrorBody, "description": "No API key, or not a valid one."},
+    403: {"model": ErrorBody, "description": "The key may not do this."},
+    429: {"model": ErrorBody, "description": "Over the key's rate limit; see Retry-After."},
+}
 _errors: dict[int | str, dict[str, object]] = {
     400: {"model": ErrorBody},
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
     413: {"model": ErrorBody},
     422: {"model": ErrorBody},
+    **AUTH_ERRORS,
 }
 
-router = APIRouter(prefix="/api/v1", responses=_errors)
+router = APIRouter(prefix="/api/v1", responses=_errors, dependencies=[Depends(bearer_scheme)])
 health_router = APIRouter()
 log = logging.getLogger(__name__)
 
@@ -66,15 +69,17 @@ def platform_of(request: Request) -> Platform:
 async def create_agent(
     request: Request,
     body: AgentCreate,
+    caller: CallerOf,
     wait: Annotated[bool, Query(description="Answer once the agent is ready.")] = False,
 ) -> Agent:
-    return await platform_of(request).agents.create(body, wait=wait)
+    owner = caller.owner_for_new(body.owner_id)
+    return await platform_of(request).agents.create(body, owner_id=owner, wait=wait)
 
 
 @router.get("/agents", response_model=AgentList, tags=["agents"])
 async def list_agents(
     request: Request,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=AGENT_ID_PATTERN)] = None,
 ) -> AgentList:
@@ -82,13 +87,13 @@ async def list_agents(
 
 
 @router.get("/agents/{agent_id}", response_model=Agent, tags=["agents"])
-async def get_agent(request: Request, agent_id: AgentId, user_id: UserId = None) -> Agent:
+async def get_agent(request: Request, agent_id: AgentId, user_id: OwnerScope) -> Agent:
     return await platform_of(request).agents.get(agent_id, user_id)
 
 
 @router.patch("/agents/{agent_id}", response_model=Agent, tags=["agents"])
 async def update_agent(
-    request: Request, agent_id: AgentId, body: AgentUpdate, user_id: UserId = None
+    request: Request, agent_id: AgentId, body: AgentUpdate, user_id: OwnerScope
 ) -> Agent:
     return await platform_of(request).agents.update(agent_id, user_id, body)
 
@@ -97,7 +102,7 @@ async def update_agent(
 async def delete_agent(
     request: Request,
     agent_id: AgentId,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     graceful: Annotated[bool, Query(description="Let the current run end cleanly.")] = True,
     purge: Annotated[bool, Query(description="Also remove the worktree and its branch.")] = False,
 ) -> Response:
@@ -135,7 +140,7 @@ async def delete_agent(
     },
 )
 async def send_message(
-    request: Request, agent_id: AgentId, body: MessageCreate, user_id: UserId = None
+    request: Request, agent_id: AgentId, body: MessageCreate, user_id: OwnerScope
 ) -> MessageAccepted:
     return await platform_of(request).agents.send_message(agent_id, user_id, body)
 
@@ -149,8 +154,8 @@ async def send_message(
 async def interrupt_agent(
     request: Request,
     agent_id: AgentId,
+    user_id: OwnerScope,
     body: Annotated[InterruptRequest | None, Body()] = None,
-    user_id: UserId = None,
 ) -> InterruptAccepted:
     return await platform_of(request).agents.interrupt(
         agent_id, user_id, body or InterruptRequest()
@@ -166,7 +171,7 @@ PermissionId = Annotated[
 async def list_permissions(
     request: Request,
     agent_id: AgentId,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     pending: Annotated[bool, Query(description="Only requests still waiting.")] = False,
 ) -> PermissionList:
     return await platform_of(request).agents.permissions(agent_id, user_id, pending_only=pending)
@@ -180,7 +185,7 @@ async def answer_permission(
     agent_id: AgentId,
     permission_id: PermissionId,
     body: PermissionAnswer,
-    user_id: UserId = None,
+    user_id: OwnerScope,
 ) -> Permission:
     """Answer a `permission_request` entry: the waiting tool call runs or is refused."""
     return await platform_of(request).agents.answer_permission(
@@ -218,7 +223,7 @@ async def list_profiles(request: Request) -> ProfileList:
 async def agent_events(
     request: Request,
     agent_id: AgentId,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     after: Annotated[
         int, Query(ge=0, le=MAX_SEQ, description="Only events with a greater seq.")
     ] = 0,
@@ -257,7 +262,7 @@ DeliveryId = Annotated[
 async def list_deliveries(
     request: Request,
     agent_id: AgentId,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     status: Annotated[DeliveryStatus | None, Query(description="Only deliveries in it.")] = None,
     after: Annotated[
         int, Query(ge=0, le=MAX_SEQ, description="Only deliveries of events with a greater seq.")
@@ -276,13 +281,19 @@ async def list_deliveries(
     response_model=Delivery,
     tags=["webhooks"],
 )
-async def redeliver(request: Request, delivery_id: DeliveryId, user_id: UserId = None) -> Delivery:
+async def redeliver(request: Request, delivery_id: DeliveryId, user_id: OwnerScope) -> Delivery:
     """Send the delivery again (pending, due now, attempts from 0) and enable its endpoint
     again, so deliveries held for it follow in order."""
     return await platform_of(request).deliveries.redeliver(delivery_id, user_id)
 
 
-@health_router.get("/health", response_model=Health, tags=["health"])
+@health_router.get(
+    "/health",
+    response_model=Health,
+    tags=["health"],
+    dependencies=[Depends(bearer_scheme)],
+    responses=AUTH_ERRORS,
+)
 async def health(request: Request) -> Health | JSONResponse:
     platform = platform_of(request)
     database: dict[str, object] = {"backend": platform.db.backend}

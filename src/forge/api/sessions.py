@@ -6,12 +6,13 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastPath
 from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
-from forge.api.routes import AGENT_ID_PATTERN, AgentId, UserId, platform_of
+from forge.api.auth import CallerOf, OwnerScope, bearer_scheme
+from forge.api.routes import AGENT_ID_PATTERN, AUTH_ERRORS, AgentId, platform_of
 from forge.core.schemas import MAX_MESSAGE_CHARS, ErrorBody, MessageAccepted, MessageCreate
 from forge.core.sessions import (
     Session,
@@ -25,14 +26,20 @@ from forge.core.tasks import Task, TaskCreate, TaskList
 sessions_router = APIRouter(
     prefix="/api/v1",
     tags=["sessions"],
-    responses={404: {"model": ErrorBody}, 409: {"model": ErrorBody}, 422: {"model": ErrorBody}},
+    responses={
+        404: {"model": ErrorBody},
+        409: {"model": ErrorBody},
+        422: {"model": ErrorBody},
+        **AUTH_ERRORS,
+    },
+    dependencies=[Depends(bearer_scheme)],
 )
 
 
 @sessions_router.get("/sessions", response_model=SessionPage)
 async def list_sessions(
     request: Request,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     profile: Annotated[str | None, Query(max_length=128, description="Only this profile.")] = None,
     status: Annotated[SessionStatus | None, Query(description="Only this status.")] = None,
     created_after: Annotated[
@@ -57,7 +64,7 @@ async def list_sessions(
 
 
 @sessions_router.get("/sessions/{agent_id}", response_model=Session)
-async def get_session(request: Request, agent_id: AgentId, user_id: UserId = None) -> Session:
+async def get_session(request: Request, agent_id: AgentId, user_id: OwnerScope) -> Session:
     return await platform_of(request).sessions.get(agent_id, user_id)
 
 
@@ -69,7 +76,7 @@ async def get_session(request: Request, agent_id: AgentId, user_id: UserId = Non
 async def get_transcript(
     request: Request,
     agent_id: AgentId,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     format: Annotated[Literal["json", "markdown"], Query(description="json or markdown")] = "json",
 ) -> Transcript | PlainTextResponse:
     """The session's messages and the normalized entries of every run, in order."""
@@ -88,7 +95,7 @@ class ResumeRequest(BaseModel):
     "/sessions/{agent_id}/resume", status_code=202, response_model=MessageAccepted
 )
 async def resume_session(
-    request: Request, agent_id: AgentId, body: ResumeRequest, user_id: UserId = None
+    request: Request, agent_id: AgentId, body: ResumeRequest, user_id: OwnerScope
 ) -> MessageAccepted:
     """Send the next message; a stopped session gets a new sandbox on the same worktree and its
     executor continues the same conversation."""
@@ -98,7 +105,7 @@ async def resume_session(
 
 
 @sessions_router.post("/sessions/{agent_id}/stop", response_model=Session)
-async def stop_session(request: Request, agent_id: AgentId, user_id: UserId = None) -> Session:
+async def stop_session(request: Request, agent_id: AgentId, user_id: OwnerScope) -> Session:
     """Interrupt the running run (and wait for it), end queued ones, remove the sandbox; the
     workspace and the conversation stay for `resume`."""
     platform = platform_of(request)
@@ -110,15 +117,16 @@ TaskId = Annotated[str, FastPath(pattern=r"^tk_[0-9a-z]{26}$", description="Task
 
 
 @sessions_router.post("/tasks", status_code=201, response_model=Task, tags=["tasks"])
-async def create_task(request: Request, body: TaskCreate) -> Task:
+async def create_task(request: Request, body: TaskCreate, caller: CallerOf) -> Task:
     """Make a session for the work and queue its first run (with `priority`)."""
-    return await platform_of(request).tasks.create(body)
+    owner = caller.owner_for_new(body.owner_id)
+    return await platform_of(request).tasks.create(body, owner_id=owner)
 
 
 @sessions_router.get("/tasks", response_model=TaskList, tags=["tasks"])
 async def list_tasks(
     request: Request,
-    user_id: UserId = None,
+    user_id: OwnerScope,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=r"^tk_[0-9a-z]{26}$")] = None,
 ) -> TaskList:
@@ -126,5 +134,5 @@ async def list_tasks(
 
 
 @sessions_router.get("/tasks/{task_id}", response_model=Task, tags=["tasks"])
-async def get_task(request: Request, task_id: TaskId, user_id: UserId = None) -> Task:
+async def get_task(request: Request, task_id: TaskId, user_id: OwnerScope) -> Task:
     return await platform_of(request).tasks.get(task_id, user_id)

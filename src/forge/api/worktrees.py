@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Depends, Query, Request
 
-from forge.api.routes import AgentId, UserId, platform_of
+from forge.api.auth import OwnerScope, admin_only, bearer_scheme
+from forge.api.routes import AUTH_ERRORS, AgentId, platform_of
 from forge.core.schemas import ErrorBody
 from forge.workspace.service import (
     CleanupReport,
@@ -22,9 +23,15 @@ _errors: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
     422: {"model": ErrorBody},
+    **AUTH_ERRORS,
 }
 
-worktrees_router = APIRouter(prefix="/api/v1", responses=_errors, tags=["worktrees"])
+worktrees_router = APIRouter(
+    prefix="/api/v1",
+    responses=_errors,
+    tags=["worktrees"],
+    dependencies=[Depends(bearer_scheme)],
+)
 
 
 def _service(request: Request) -> WorktreeService:
@@ -32,13 +39,15 @@ def _service(request: Request) -> WorktreeService:
 
 
 @worktrees_router.get("/worktrees", response_model=WorktreeList)
-async def list_worktrees(request: Request, user_id: UserId = None) -> WorktreeList:
+async def list_worktrees(request: Request, user_id: OwnerScope) -> WorktreeList:
     """Every directory under the worktree base: its session (null for an orphan), branch, size
     on disk and age. With `user_id`, only that owner's sessions."""
     return await _service(request).list_worktrees(user_id)
 
 
-@worktrees_router.delete("/worktrees/cleanup", response_model=CleanupReport)
+@worktrees_router.delete(
+    "/worktrees/cleanup", response_model=CleanupReport, dependencies=[Depends(admin_only)]
+)
 async def cleanup_worktrees(
     request: Request,
     older_than_hours: Annotated[
@@ -52,7 +61,7 @@ async def cleanup_worktrees(
 
 
 @worktrees_router.get("/sessions/{agent_id}/diff", response_model=SessionDiff)
-async def session_diff(request: Request, agent_id: AgentId, user_id: UserId = None) -> SessionDiff:
+async def session_diff(request: Request, agent_id: AgentId, user_id: OwnerScope) -> SessionDiff:
     """The session's changes against its base commit: commits on its branch, uncommitted
     changes and untracked files, per file and as a unified diff (at most 2 MB)."""
     return await _service(request).diff(agent_id, user_id)
@@ -62,10 +71,10 @@ async def session_diff(request: Request, agent_id: AgentId, user_id: UserId = No
 async def session_files(
     request: Request,
     agent_id: AgentId,
+    user_id: OwnerScope,
     path: Annotated[
         str, Query(max_length=4096, description="Relative to the worktree; empty for its top.")
     ] = "",
-    user_id: UserId = None,
 ) -> FileView:
     """A directory listing or a file's content (UTF-8 text, or base64 with `binary: true`)."""
     return await _service(request).files(agent_id, user_id, path)
@@ -75,8 +84,8 @@ async def session_files(
 async def merge_session(
     request: Request,
     agent_id: AgentId,
+    user_id: OwnerScope,
     body: Annotated[MergeRequest | None, Body()] = None,
-    user_id: UserId = None,
 ) -> MergeResult:
     """Squash the commits of the session's branch into one commit on its base branch. 409 when
     the base is not a branch or is checked out, the worktree has uncommitted changes, or the

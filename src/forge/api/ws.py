@@ -12,6 +12,7 @@ import re
 
 from fastapi import APIRouter, WebSocket
 
+from forge.api.auth import SUBPROTOCOL, caller_of
 from forge.api.errors import error_response
 from forge.api.streams import WebSocketStream
 from forge.core.errors import ForgeError, InvalidRequest
@@ -48,11 +49,13 @@ async def agent_stream(websocket: WebSocket, agent_id: str) -> None:
         user_id = websocket.query_params.get("user_id")
         if user_id is not None and not _USER_ID.match(user_id):
             raise InvalidRequest(f"user_id must match {NAME_PATTERN}")
-        await platform.agents.check_access(agent_id, user_id)
+        await platform.agents.check_access(agent_id, caller_of(websocket).scope(user_id))
     except ForgeError as exc:
         await websocket.send_denial_response(error_response(exc.status_code, exc.code, exc.message))
         return
-    await websocket.accept()
+    # A browser that sent its key as a subprotocol offers `forge` too, and must get one back.
+    offered = websocket.scope.get("subprotocols") or []
+    await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
     stream = WebSocketStream(
         websocket,
         platform.eventlog,

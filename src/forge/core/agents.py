@@ -178,7 +178,9 @@ class AgentService:
 
     # ---- agents ----------------------------------------------------------------------------------
 
-    async def create(self, body: AgentCreate, *, wait: bool = False) -> Agent:
+    async def create(self, body: AgentCreate, *, owner_id: str, wait: bool = False) -> Agent:
+        """Store the agent for `owner_id` (who the caller may act for; `body.owner_id` has been
+        checked against it) and provision it in the background (`wait`: until ready)."""
         profile = self.profiles.resolve(body.profile, body.executor, body.variant)
         self.profiles.check_runnable(profile)
         source: RepoSource | None = None
@@ -191,7 +193,7 @@ class AgentService:
         agent_id = pooled.agent_id if pooled else ids.agent_id()
         row = AgentRow(
             id=agent_id,
-            owner_id=body.owner_id,
+            owner_id=owner_id,
             profile=profile.name,
             executor=profile.executor,
             variant=profile.variant if body.executor is not None else None,
@@ -217,7 +219,7 @@ class AgentService:
                     RunRow(
                         agent_id=agent_id,
                         request_id=SETUP_PREFIX + agent_id,
-                        owner_id=body.owner_id,
+                        owner_id=owner_id,
                         prompt="",
                         body_hash=hashlib.sha256(setup.encode()).hexdigest(),
                         status="queued",

@@ -29,6 +29,13 @@ class TooLarge(ForgeError):
     status_code = 413
 
 
+class Forbidden(ForgeError):
+    """Raised when the caller's key may not do this: an admin route, or another owner named."""
+
+    status_code = 403
+    code = "forbidden"
+
+
 class NotFound(ForgeError):
     """Raised when an object does not exist or belongs to another owner."""
 

@@ -8,6 +8,7 @@ import time
 from forge import __version__
 from forge.config import Settings
 from forge.core.agents import AgentService
+from forge.core.auth import ApiKeyService
 from forge.core.deliveries import DeliveryService
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.profiles import ProfileCatalog
@@ -41,6 +42,7 @@ class Platform:
             worktrees=WorktreeManager(settings.worktree_base),
             profiles=ProfileCatalog(settings),
         )
+        self.keys = ApiKeyService(self.db, settings.auth)
         self.sessions = SessionService(self.db)
         self.tasks = TaskService(self.db, self.agents)
         self.worktrees = WorktreeService(

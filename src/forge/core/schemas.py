@@ -54,7 +54,12 @@ def _check_encodable(text: str) -> None:
 class AgentCreate(_Request):
     """Body of `POST /api/v1/agents`."""
 
-    owner_id: str = Field(pattern=NAME_PATTERN, description="Who the agent belongs to.")
+    owner_id: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Who the agent belongs to; with an owner's API key, that owner (may be left "
+        "out). Required otherwise.",
+    )
     profile: str | None = Field(
         default=None,
         pattern=NAME_PATTERN,

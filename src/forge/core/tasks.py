@@ -33,7 +33,12 @@ class TaskCreate(BaseModel):
 
     title: str = Field(min_length=1, max_length=256)
     prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
-    owner_id: str = Field(pattern=NAME_PATTERN)
+    owner_id: str | None = Field(
+        default=None,
+        pattern=NAME_PATTERN,
+        description="Who the task belongs to; with an owner's API key, that owner (may be left "
+        "out). Required otherwise.",
+    )
     profile: str | None = Field(default=None, max_length=128)
     executor: str | None = Field(default=None, max_length=64)
     variant: str | None = Field(default=None, max_length=64)
@@ -69,38 +74,39 @@ class TaskService:
         self.db = db
         self.agents = agents
 
-    async def create(self, body: TaskCreate) -> Task:
+    async def create(self, body: TaskCreate, *, owner_id: str) -> Task:
+        """Make the task's session for `owner_id` (who the caller may act for) and queue it."""
         metadata = dict(body.metadata or {})
         metadata.setdefault("title", body.title)
         agent = await self.agents.create(
             AgentCreate(
-                owner_id=body.owner_id,
                 profile=body.profile,
                 executor=body.executor,
                 variant=body.variant,
                 repo=body.repo,
                 base_ref=body.base_branch,
                 metadata=metadata,
-            )
+            ),
+            owner_id=owner_id,
         )
         task_id = ids.task_id()
         accepted = await self.agents.send_message(
             agent.id,
-            body.owner_id,
+            owner_id,
             MessageCreate(content=body.prompt, priority=body.priority, request_id=task_id),
         )
         async with self.db.write() as session:
             session.add(
                 TaskRow(
                     id=task_id,
-                    owner_id=body.owner_id,
+                    owner_id=owner_id,
                     title=body.title,
                     agent_id=agent.id,
                     request_id=accepted.request_id,
                     priority=body.priority,
                 )
             )
-        return await self.get(task_id, body.owner_id)
+        return await self.get(task_id, owner_id)
 
     async def get(self, task_id: str, owner_id: str | None) -> Task:
         async with self.db.read() as session:
