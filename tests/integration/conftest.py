@@ -92,10 +92,18 @@ timeout_seconds = 5
 
 class ForgeServer:
     """One `forge serve` subprocess with its own config and data directory. `webhooks` replaces
-    the body of its `[webhooks]` section ("" for Forge's defaults)."""
+    the body of its `[webhooks]` section ("" for Forge's defaults); `env` is added to its
+    environment (from which every other FORGE_ variable is removed)."""
 
-    def __init__(self, root: Path, extra_config: str = "", webhooks: str | None = None) -> None:
+    def __init__(
+        self,
+        root: Path,
+        extra_config: str = "",
+        webhooks: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.root = root
+        self.env = dict(env or {})
         self.data_dir = root / "data"
         self.port = free_port()
         self.config_path = root / "forge.toml"
@@ -122,6 +130,7 @@ interrupt_grace_seconds = 1.0
 
     def start(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
+        env.update(self.env)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed with the process
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "forge", "serve", "--config", str(self.config_path)],
@@ -209,13 +218,16 @@ interrupt_grace_seconds = 1.0
 
 @pytest.fixture
 def forge_server(tmp_path: Path) -> Iterator[Callable[..., ForgeServer]]:
-    """Factory: `forge_server(extra_config="", webhooks=None)` returns a started server."""
+    """Factory: `forge_server(extra_config="", webhooks=None, env=None)` returns a started
+    server."""
     servers: list[ForgeServer] = []
 
-    def make(extra_config: str = "", webhooks: str | None = None) -> ForgeServer:
+    def make(
+        extra_config: str = "", webhooks: str | None = None, env: dict[str, str] | None = None
+    ) -> ForgeServer:
         root = tmp_path / f"forge{len(servers)}"
         root.mkdir()
-        server = ForgeServer(root, extra_config, webhooks)
+        server = ForgeServer(root, extra_config, webhooks, env)
         servers.append(server)
         server.start()
         return server

@@ -38,4 +38,5 @@ class RateLimiter:
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0
-        return max(1, math.ceil((1.0 - bucket.tokens) / self.rate))
+        # (Rounded first, so float error does not add a second.)
+        return max(1, math.ceil(round((1.0 - bucket.tokens) / self.rate, 6)))
