@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 import subprocess
 import sys
 from dataclasses import dataclass, field
@@ -16,7 +17,9 @@ import pytest
 from websockets.exceptions import InvalidStatus
 from websockets.sync.client import connect
 
+from forge.sandbox.base import Sandbox
 from tests.integration.conftest import ForgeServer, WebhookReceiver, wait_for
+from tests.support.sandboxes import assert_refuses_a_wrong_token
 
 pytestmark = pytest.mark.integration
 
@@ -315,3 +318,18 @@ def test_cli_keys_create_list_revoke(forge_server: Any) -> None:
     after = forge("sessions", "list", key=key)
     assert after.returncode == 1 and "invalid_api_key" in after.stderr
     wait_for(lambda: server.http.get("/healthz").status_code == 200)
+
+
+async def test_a_runner_refuses_a_connection_without_its_token(forge_server: Any) -> None:
+    """Something else on the host that finds a sandbox's socket cannot drive its runner."""
+    server: ForgeServer = forge_server()
+    agent_id = server.create_agent()["id"]
+    with sqlite3.connect(server.data_dir / "forge.db") as db:
+        [(raw,)] = db.execute("SELECT sandbox FROM agents WHERE id = ?", (agent_id,)).fetchall()
+    sandbox = Sandbox.from_json(json.loads(raw))
+    assert sandbox.address.startswith("unix:") and len(sandbox.token) >= 32
+    await assert_refuses_a_wrong_token(sandbox)
+    # The platform, which has the token, still drives it.
+    reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "still"})
+    events = server.wait_final(agent_id, reply.json()["request_id"])
+    assert events[-1]["outcome"] == "succeeded"

@@ -152,7 +152,19 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(
         422,
         "invalid_webhook_url",
     )
+    # Pagination bounds and identifier formats, each named in the answer.
     _error(http.get("/api/v1/agents", params={"limit": 0}), 422, "invalid_request")
+    assert "limit" in _error(
+        http.get("/api/v1/sessions", params={"limit": 501}), 422, "invalid_request"
+    )
+    assert "cursor" in _error(
+        http.get("/api/v1/tasks", params={"cursor": "../etc"}), 422, "invalid_request"
+    )
+    assert "task_id" in _error(http.get("/api/v1/tasks/tk_NOPE"), 422, "invalid_request")
+    assert "key_id" in _error(http.delete("/api/v1/keys/root"), 422, "invalid_request")
+    assert "request_id" in _error(
+        http.post(messages, json={"content": "x", "request_id": "a b"}), 422, "invalid_request"
+    )
     _error(
         http.get(f"/api/v1/agents/{agent_id}/events", params={"after": -1}), 422, "invalid_request"
     )

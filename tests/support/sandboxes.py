@@ -40,13 +40,14 @@ async def run_command(sandbox: Sandbox, command: str, prompt: str = "") -> tuple
 
 
 async def assert_refuses_a_wrong_token(sandbox: Sandbox) -> None:
-    """The sandbox's runner refuses a connection that does not bring its token."""
-    intruder = RunnerClient(sandbox.address, "not-the-token")
-    try:
-        stream = await intruder.connect()
-        with pytest.raises(RunnerUnauthenticated):
-            async with asyncio.timeout(10):
-                async for _message in stream:
-                    pass
-    finally:
-        await intruder.close()
+    """The sandbox's runner refuses a connection that brings no token or a wrong one."""
+    for token in ("", "not-the-token", sandbox.token[:-1]):
+        intruder = RunnerClient(sandbox.address, token)
+        try:
+            stream = await intruder.connect()
+            with pytest.raises(RunnerUnauthenticated):
+                async with asyncio.timeout(10):
+                    async for _message in stream:
+                        pass
+        finally:
+            await intruder.close()
