@@ -1,9 +1,10 @@
 """`EventLog.append` alone, in process, on a SQLite file: events/s and CPU per call by batch size.
 
-    .venv/bin/python bench/eventlog_append.py [--events 10000]
+    .venv/bin/python bench/eventlog_append.py [--events 10000] [--secrets 10]
 
 For each batch size (1, 10, 100, 500; 500 again with a webhook, so each event also writes a
-delivery row) appends drafts like the ones a `command` run makes, best of three rounds. CPU
+delivery row) appends drafts like the ones a `command` run makes, best of three rounds.
+`--secrets N` redacts N configured secrets (none of which the events hold: the common case). CPU
 time covers every thread of the process (aiosqlite works in its own). Writes
 bench/results/eventlog_append.json.
 """
@@ -23,6 +24,7 @@ from typing import Any
 
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.events import EventDraft
+from forge.core.redaction import SecretRedactor
 from forge.store.db import Database
 from forge.store.tables import AgentRow, RunRow
 
@@ -49,11 +51,14 @@ async def prepare(db: Database, webhook: bool) -> None:
         )
 
 
-async def measure(directory: Path, batch: int, webhook: bool, events: int) -> dict[str, Any]:
+async def measure(
+    directory: Path, batch: int, webhook: bool, events: int, secrets: int
+) -> dict[str, Any]:
     db = Database(f"sqlite+aiosqlite:///{directory / f'{batch}-{webhook}.db'}")
     await db.migrate()
     await prepare(db, webhook)
-    log = EventLog(db, EventBus())
+    redactor = SecretRedactor(f"secret-value-{i:04d}-{os.urandom(8).hex()}" for i in range(secrets))
+    log = EventLog(db, EventBus(), redactor=redactor)
     calls = max(1, events // batch)
     runner_seq = 0
     best: dict[str, Any] = {}
@@ -92,17 +97,25 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=10_000, help="events a round (at least)")
     parser.add_argument("--output", type=Path, default=RESULTS, help="where the JSON goes")
+    parser.add_argument("--secrets", type=int, default=0, help="configured secrets to redact")
     args = parser.parse_args()
     load = [round(x, 2) for x in os.getloadavg()]
     directory = Path(tempfile.mkdtemp(prefix="forge-bench-"))
     try:
         rows = [
-            asyncio.run(measure(directory, batch, webhook, min(args.events, batch * 300)))
+            asyncio.run(
+                measure(directory, batch, webhook, min(args.events, batch * 300), args.secrets)
+            )
             for batch, webhook in CASES
         ]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
-    result = {"benchmark": "eventlog_append", "load_average_before": load, "cases": rows}
+    result = {
+        "benchmark": "eventlog_append",
+        "load_average_before": load,
+        "secrets": args.secrets,
+        "cases": rows,
+    }
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{'batch':>5}  {'webhook':<7}  {'events/s':>9}  {'CPU ms/append':>13}")

@@ -347,6 +347,21 @@ class SseSettings(BaseModel):
     keepalive_seconds: float = Field(default=15.0, gt=0, le=3600)
 
 
+class SecretSettings(BaseModel):
+    """`[secrets]`: values replaced with `[redacted]` in events, transcripts and runner logs.
+
+    Always redacted, without being named here: every `env` value of `[executors.KIND.VARIANT]`,
+    `[profiles.NAME]` and agent files, the executors' credential variables in Forge's own
+    environment (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, ...), `FORGE_API_KEY` and the database
+    URL's password. Values shorter than 8 characters are never redacted (see docs/security.md).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Names of further variables of Forge's environment whose values are secret.
+    redact_env: list[str] = Field(default_factory=list)
+
+
 PermissionModeSetting = Literal["bypass", "accept_edits", "ask"]
 
 
@@ -420,6 +435,7 @@ class Settings(BaseSettings):
     attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)
     websocket: WebSocketSettings = Field(default_factory=WebSocketSettings)
     sse: SseSettings = Field(default_factory=SseSettings)
+    secrets: SecretSettings = Field(default_factory=SecretSettings)
     profiles: dict[str, ProfileSettings] = Field(default_factory=builtin_profiles)
     # `[executors.KIND.VARIANT]`, KIND in upper case (CLAUDE_CODE, OPENCODE, CODEX, GEMINI,
     # FORGE, COMMAND).

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from forge.core import ids
 from forge.core.events import EventDraft, EventEnvelope
+from forge.core.redaction import SecretRedactor
 from forge.store.db import Database
 from forge.store.tables import AgentRow, DeliveryRow, EventRow, PermissionRow, RunRow, utcnow
 
@@ -149,14 +150,24 @@ class _RunState:
 
 
 class EventLog:
-    """Appends events to agents' logs and reads them back."""
+    """Appends events to agents' logs and reads them back.
+
+    Every event passes `append` before anything stores or sends it, so this is where
+    configured secrets are cut out of what agents print (`redactor`).
+    """
 
     def __init__(
-        self, db: Database, bus: EventBus, *, on_outbox: Callable[[], None] | None = None
+        self,
+        db: Database,
+        bus: EventBus,
+        *,
+        on_outbox: Callable[[], None] | None = None,
+        redactor: SecretRedactor | None = None,
     ) -> None:
         self.db = db
         self.bus = bus
         self._on_outbox = on_outbox or (lambda: None)
+        self._redactor = redactor if redactor else None
 
     async def append(
         self, agent_id: str, drafts: list[EventDraft], *, runner_ack: int | None = None
@@ -197,6 +208,13 @@ class EventLog:
                 seq += 1
                 envelope = draft.seal(agent_id=agent_id, seq=seq, event_id=ids.event_id())
                 body = json.dumps(envelope.to_wire(), separators=(",", ":"))
+                redactor = self._redactor
+                if redactor is not None and redactor.found_in_json(body):
+                    # Rare: redact the draft itself, so the run's row, the permission asked
+                    # and the agent's session id are clean too, not only the stored body.
+                    draft = redactor.redact_draft(draft)
+                    envelope = draft.seal(agent_id=agent_id, seq=seq, event_id=envelope.event_id)
+                    body = json.dumps(envelope.to_wire(), separators=(",", ":"))
                 events.append(
                     {
                         "id": envelope.event_id,

@@ -12,6 +12,7 @@ from forge.core.auth import ApiKeyService
 from forge.core.deliveries import DeliveryService
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.profiles import ProfileCatalog
+from forge.core.redaction import SecretRedactor, secret_values
 from forge.core.sessions import SessionService
 from forge.core.tasks import TaskService
 from forge.delivery.dispatcher import WebhookDispatcher
@@ -33,14 +34,18 @@ class Platform:
         self.db = Database(settings.database_url)
         self.bus = EventBus()
         self.dispatcher = WebhookDispatcher(self.db, settings.webhooks)
-        self.eventlog = EventLog(self.db, self.bus, on_outbox=self.dispatcher.wake)
+        profiles = ProfileCatalog(settings)
+        self.redactor = SecretRedactor(secret_values(settings, profiles))
+        self.eventlog = EventLog(
+            self.db, self.bus, on_outbox=self.dispatcher.wake, redactor=self.redactor
+        )
         self.agents = AgentService(
             settings=settings,
             db=self.db,
             eventlog=self.eventlog,
             runtime=get_runtime(settings),
             worktrees=WorktreeManager(settings.worktree_base),
-            profiles=ProfileCatalog(settings),
+            profiles=profiles,
         )
         self.keys = ApiKeyService(self.db, settings.auth)
         self.sessions = SessionService(self.db)

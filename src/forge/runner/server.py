@@ -33,6 +33,7 @@ import grpc
 import grpc.aio
 
 from forge.core.events import Outcome, utc_timestamp
+from forge.core.redaction import SecretLogFilter
 from forge.executors import (
     Attachment,
     Executor,
@@ -199,6 +200,7 @@ class Runner:
         grace_seconds: float = DEFAULT_GRACE_SECONDS,
         shutdown_ack_seconds: float = DEFAULT_SHUTDOWN_ACK_SECONDS,
         reap_orphans: bool = False,
+        log_filter: SecretLogFilter | None = None,
     ) -> None:
         self.workspace = workspace
         self.agent_id = agent_id
@@ -214,6 +216,9 @@ class Runner:
         self._grace_seconds = grace_seconds
         self._shutdown_ack_seconds = shutdown_ack_seconds
         self._reap_orphans = reap_orphans
+        # Learns each run's credentials, so nothing logged about the run (an executor's error,
+        # its stderr quoted in a message) shows them.
+        self._log_filter = log_filter
         self._connection: PlatformConnection | None = None
         self._queue: OrderedDict[str, runner_pb2.Run] = OrderedDict()
         self._queue_changed = asyncio.Event()
@@ -312,6 +317,8 @@ class Runner:
             logger.info("ignoring Run %s: already known", request_id)
             return
         self._remember(request_id)
+        if self._log_filter is not None:
+            self._log_filter.add(run.env.values())
         if self._shutting_down:
             self._complete_unstarted(request_id, "the runner is shutting down")
             return
@@ -691,7 +698,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"cannot read the token file: {exc}")
         if not token:
             parser.error("the token file is empty")
-    _configure_logging(args.log_file, args.log_level)
+    log_filter = _configure_logging(args.log_file, args.log_level)
     reap_orphans = become_subreaper()
     return asyncio.run(
         serve(
@@ -705,6 +712,7 @@ def main(argv: list[str] | None = None) -> int:
                 grace_seconds=args.grace_seconds,
                 shutdown_ack_seconds=args.shutdown_ack_seconds,
                 reap_orphans=reap_orphans,
+                log_filter=log_filter,
             ),
         )
     )
@@ -796,14 +804,18 @@ def _path_safe(request_id: str) -> str:
     return safe or "_"
 
 
-def _configure_logging(log_file: str | None, level: str) -> None:
+def _configure_logging(log_file: str | None, level: str) -> SecretLogFilter:
+    """Log to `log_file` (else stderr) through a filter that redacts the runs' credentials."""
     handler: logging.Handler = (
         logging.FileHandler(log_file) if log_file else logging.StreamHandler(sys.stderr)
     )
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    log_filter = SecretLogFilter()
+    handler.addFilter(log_filter)
     root = logging.getLogger()
     root.addHandler(handler)
     root.setLevel(level.upper())
+    return log_filter
 
 
 def _reap_orphans() -> None:

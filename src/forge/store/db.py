@@ -32,7 +32,8 @@ class Database:
         self.url = url
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
-        kwargs: dict[str, Any] = {"echo": echo}
+        # A logged database error leaves out the bound values: they can hold webhook secrets.
+        kwargs: dict[str, Any] = {"echo": echo, "hide_parameters": True}
         if self.is_sqlite:
             db_path = parsed.database
             if db_path and db_path != ":memory:":

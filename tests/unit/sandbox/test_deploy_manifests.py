@@ -89,6 +89,11 @@ def test_config_is_valid_and_uses_the_kubernetes_runtime() -> None:
     assert settings.sandbox.runtime == "kubernetes"
     assert settings.sandbox.kubernetes.namespace == "forge"
     assert settings.sandbox.kubernetes.kubeconfig == ""  # in-cluster
+    # It listens beyond loopback, so it must authenticate, with the admin key from a Secret.
+    assert settings.server.host == "0.0.0.0" and settings.auth.enabled
+    [container] = one("Deployment")["spec"]["template"]["spec"]["containers"]
+    [admin_key] = [e for e in container["env"] if e["name"] == "FORGE_API_KEY"]
+    assert admin_key["valueFrom"]["secretKeyRef"]["name"] == "forge-admin-key"
 
 
 def test_deployment_mounts_what_the_config_names() -> None:
