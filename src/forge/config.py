@@ -79,7 +79,26 @@ class DatabaseSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # `sqlite:///path/forge.db` or `postgresql://user:password@host:5432/database` (`postgres://`
+    # too); the async driver (aiosqlite, asyncpg) is chosen here. Several replicas need PostgreSQL.
     url: str = ""
+    # PostgreSQL: connections kept open per process (SQLite ignores the pool settings).
+    pool_size: int = Field(default=10, ge=1)
+    # PostgreSQL: how long a request waits for a free connection before failing.
+    pool_timeout_seconds: float = Field(default=30.0, gt=0)
+    # PostgreSQL: a connection older than this is replaced, before a proxy or firewall between
+    # Forge and the server drops it idle (-1: never).
+    max_lifetime_seconds: float = Field(default=1800.0, ge=-1)
+
+    @field_validator("url")
+    @classmethod
+    def _known_database(cls, value: str) -> str:
+        if not value:
+            return value
+        # Imported here: the settings are read by processes that never open the database.
+        from forge.store.db import normalize_url
+
+        return normalize_url(value)
 
 
 class WorktreeSettings(BaseModel):

@@ -68,3 +68,22 @@ def test_clear_errors(tmp_path: Path) -> None:
     typo.write_text("[sever]\nport = 1\n")
     with pytest.raises(ConfigError, match="sever"):
         load_settings(typo)
+
+
+def test_database_urls_get_forges_async_driver(tmp_path: Path) -> None:
+    config = tmp_path / "forge.toml"
+    config.write_text(
+        '[database]\nurl = "postgres://forge:s%40cret@db.internal:5432/forge"\n'
+        "pool_size = 20\nmax_lifetime_seconds = 600\n"
+    )
+    settings = load_settings(config)
+    assert settings.database_url == "postgresql+asyncpg://forge:s%40cret@db.internal:5432/forge"
+    assert (settings.database.pool_size, settings.database.max_lifetime_seconds) == (20, 600)
+    assert settings.database.pool_timeout_seconds == 30
+
+
+def test_an_unknown_database_scheme_is_refused(tmp_path: Path) -> None:
+    config = tmp_path / "forge.toml"
+    config.write_text('[database]\nurl = "mysql://forge@db/forge"\n')
+    with pytest.raises(ConfigError, match="unsupported database URL scheme 'mysql'"):
+        load_settings(config)

@@ -186,7 +186,11 @@ class EventLog:
         permissions: list[dict[str, Any]] = []
         async with self.db.write() as session:
             conn = await session.connection()
-            found = await _agent_and_runs(conn, agent_id, {d.request_id for d in drafts})
+            request_ids = {d.request_id for d in drafts}
+            if self.db.is_sqlite:
+                found = await _agent_and_runs(conn, agent_id, request_ids)
+            else:
+                found = await _lock_agent_then_runs(conn, agent_id, request_ids)
             if found is None:
                 return []
             seq, stored_ack, runs = found
@@ -324,22 +328,12 @@ async def _agent_and_runs(
     conn: AsyncConnection, agent_id: str, request_ids: set[str | None]
 ) -> tuple[int, int, dict[str, _RunState]] | None:
     """The agent's `last_seq` and `runner_ack` and the runs named in `request_ids`, in one
-    query that also locks the agent's row (one appender at a time; SQLite has no row locks
-    and needs none: its writes are serialised). None if there is no such agent."""
+    query. For SQLite, whose writes are serialised, so nothing changes them before the append
+    commits. None if there is no such agent."""
     wanted = sorted(r for r in request_ids if r)
     rows = (
         await conn.execute(
-            select(
-                _AGENTS.c.last_seq,
-                _AGENTS.c.runner_ack,
-                _RUNS.c.id,
-                _RUNS.c.request_id,
-                _RUNS.c.started_at,
-                _RUNS.c.finished_at,
-                _RUNS.c.webhook_url,
-                _RUNS.c.webhook_secret,
-                _RUNS.c.interrupt_webhook_url,
-            )
+            select(_AGENTS.c.last_seq, _AGENTS.c.runner_ack, *_RUN_COLUMNS)
             .select_from(
                 _AGENTS.outerjoin(
                     _RUNS,
@@ -347,12 +341,59 @@ async def _agent_and_runs(
                 )
             )
             .where(_AGENTS.c.id == agent_id)
-            .with_for_update(of=_AGENTS)
         )
     ).all()
     if not rows:
         return None
-    runs = {
+    return rows[0].last_seq, rows[0].runner_ack, _run_states(rows)
+
+
+async def _lock_agent_then_runs(
+    conn: AsyncConnection, agent_id: str, request_ids: set[str | None]
+) -> tuple[int, int, dict[str, _RunState]] | None:
+    """Like `_agent_and_runs`, for databases where appends run concurrently (PostgreSQL, other
+    replicas too): the agent's row is locked until the append commits, so each appender to an
+    agent waits for the one before it and reads the `last_seq` it wrote (no duplicate, no gap).
+
+    The runs are read after the lock is held, in a statement of their own: in one joined query
+    a waiting appender would get the agent's row as committed but the runs as they were when it
+    began to wait, missing a final event just stored (READ COMMITTED re-reads only the locked
+    row). None if there is no such agent."""
+    agent = (
+        await conn.execute(
+            select(_AGENTS.c.last_seq, _AGENTS.c.runner_ack)
+            .where(_AGENTS.c.id == agent_id)
+            .with_for_update()
+        )
+    ).first()
+    if agent is None:
+        return None
+    wanted = sorted(r for r in request_ids if r)
+    runs: dict[str, _RunState] = {}
+    if wanted:
+        rows = await conn.execute(
+            select(*_RUN_COLUMNS).where(
+                _RUNS.c.agent_id == agent_id, _RUNS.c.request_id.in_(wanted)
+            )
+        )
+        runs = _run_states(rows.all())
+    return agent.last_seq, agent.runner_ack, runs
+
+
+# What `append` reads of each run its events belong to.
+_RUN_COLUMNS = (
+    _RUNS.c.id,
+    _RUNS.c.request_id,
+    _RUNS.c.started_at,
+    _RUNS.c.finished_at,
+    _RUNS.c.webhook_url,
+    _RUNS.c.webhook_secret,
+    _RUNS.c.interrupt_webhook_url,
+)
+
+
+def _run_states(rows: Sequence[Any]) -> dict[str, _RunState]:
+    return {
         row.request_id: _RunState(
             id=row.id,
             started_at=row.started_at,
@@ -362,7 +403,6 @@ async def _agent_and_runs(
         for row in rows
         if row.id is not None
     }
-    return rows[0].last_seq, rows[0].runner_ack, runs
 
 
 def _endpoints(

@@ -31,7 +31,12 @@ class Platform:
         self.settings = settings
         self.version = __version__
         self.started_at = time.monotonic()
-        self.db = Database(settings.database_url)
+        self.db = Database(
+            settings.database_url,
+            pool_size=settings.database.pool_size,
+            pool_timeout=settings.database.pool_timeout_seconds,
+            pool_recycle=settings.database.max_lifetime_seconds,
+        )
         self.bus = EventBus()
         self.dispatcher = WebhookDispatcher(self.db, settings.webhooks)
         profiles = ProfileCatalog(settings)

@@ -1,4 +1,5 @@
-"""The event log on a real SQLite database: gapless seq, replay dedupe, outbox, run state."""
+"""The event log on real databases (SQLite and PostgreSQL): gapless seq, replay dedupe, outbox,
+run state."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Fixtures for webhook delivery: outbox rows, real HTTP receivers, dispatchers.
 
-The migrated SQLite database (`db`) comes from tests/unit/conftest.py.
+The migrated database (`db`, SQLite and PostgreSQL) comes from tests/unit/conftest.py.
 
 Everything is offered as a fixture (no imports from this file), so test modules work under any
 pytest import mode.
