@@ -7,14 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends, Path, Query, Request
 
 from forge.api.auth import admin_only, bearer_scheme
-from forge.api.routes import AUTH_ERRORS, platform_of
+from forge.api.routes import AUTH_ERRORS, REQUEST_ERRORS, platform_of
 from forge.core.auth import KEY_ID_PATTERN, ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyList
 from forge.core.schemas import NAME_PATTERN, ErrorBody
 
 keys_router = APIRouter(
     prefix="/api/v1/keys",
     tags=["keys"],
-    responses={404: {"model": ErrorBody}, 422: {"model": ErrorBody}, **AUTH_ERRORS},
+    responses={404: {"model": ErrorBody}, **REQUEST_ERRORS, **AUTH_ERRORS},
     dependencies=[Depends(bearer_scheme), Depends(admin_only)],
 )
 

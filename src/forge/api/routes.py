@@ -13,6 +13,9 @@ from forge.api.auth import CallerOf, OwnerScope, bearer_scheme
 from forge.api.streams import sse_stream
 from forge.core.platform import Platform
 from forge.core.schemas import (
+    MAX_ATTACHMENTS,
+    MAX_MESSAGE_CHARS,
+    NAME_PATTERN,
     Agent,
     AgentCreate,
     AgentList,
@@ -46,12 +49,16 @@ AUTH_ERRORS: dict[int | str, dict[str, object]] = {
     403: {"model": ErrorBody, "description": "The key may not do this."},
     429: {"model": ErrorBody, "description": "Over the key's rate limit; see Retry-After."},
 }
+# What any request may be answered for what it sent, on every route that takes one.
+REQUEST_ERRORS: dict[int | str, dict[str, object]] = {
+    400: {"model": ErrorBody, "description": "The body is not valid JSON."},
+    413: {"model": ErrorBody, "description": "The body is over the size limit."},
+    422: {"model": ErrorBody, "description": "A value is missing or not what the route takes."},
+}
 _errors: dict[int | str, dict[str, object]] = {
-    400: {"model": ErrorBody},
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
-    413: {"model": ErrorBody},
-    422: {"model": ErrorBody},
+    **REQUEST_ERRORS,
     **AUTH_ERRORS,
 }
 
@@ -119,17 +126,28 @@ async def delete_agent(
         "requestBody": {
             "content": {
                 "multipart/form-data": {
+                    # The rules of `MessageCreate`, which the form becomes.
                     "schema": {
                         "type": "object",
                         "required": ["content"],
+                        "additionalProperties": False,
                         "properties": {
-                            "content": {"type": "string"},
-                            "request_id": {"type": "string"},
-                            "webhook_url": {"type": "string"},
-                            "webhook_secret": {"type": "string"},
-                            "priority": {"type": "integer"},
+                            "content": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": MAX_MESSAGE_CHARS,
+                            },
+                            "request_id": {"type": "string", "pattern": NAME_PATTERN},
+                            "webhook_url": {"type": "string", "minLength": 1, "maxLength": 2048},
+                            "webhook_secret": {
+                                "type": "string",
+                                "minLength": 1,
+                                "maxLength": 512,
+                            },
+                            "priority": {"type": "integer", "minimum": -1000, "maximum": 1000},
                             "files": {
                                 "type": "array",
+                                "maxItems": MAX_ATTACHMENTS,
                                 "items": {"type": "string", "format": "binary"},
                             },
                         },
@@ -324,7 +342,16 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@health_router.get("/readyz", tags=["health"])
+@health_router.get(
+    "/readyz",
+    tags=["health"],
+    responses={
+        503: {
+            "description": "The database did not answer.",
+            "content": {"application/json": {"example": {"status": "unavailable"}}},
+        }
+    },
+)
 async def readyz(request: Request) -> JSONResponse:
     try:
         await platform_of(request).db.ping()

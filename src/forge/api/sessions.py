@@ -3,16 +3,22 @@ tasks."""
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
 from typing import Annotated, Literal
 
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastPath
 from fastapi.responses import PlainTextResponse
-from pydantic import BaseModel, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
 
 from forge.api.auth import CallerOf, OwnerScope, bearer_scheme
-from forge.api.routes import AGENT_ID_PATTERN, AUTH_ERRORS, AgentId, platform_of
+from forge.api.routes import (
+    AGENT_ID_PATTERN,
+    AUTH_ERRORS,
+    REQUEST_ERRORS,
+    AgentId,
+    platform_of,
+)
 from forge.core.schemas import MAX_MESSAGE_CHARS, ErrorBody, MessageAccepted, MessageCreate
 from forge.core.sessions import (
     Session,
@@ -23,13 +29,30 @@ from forge.core.sessions import (
 )
 from forge.core.tasks import Task, TaskCreate, TaskList
 
+_ISO_8601 = re.compile(
+    r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}(:\d{2}(\.\d{1,9})?)?([Zz]|[+-]\d{2}:?\d{2})$"
+)
+
+
+def _iso_8601(value: object) -> object:
+    # pydantic alone would read a number as Unix time, and take a date or a time without an
+    # offset, which cannot be compared with the stored (UTC) times.
+    if isinstance(value, str) and not _ISO_8601.match(value):
+        raise ValueError(
+            "must be an ISO 8601 date and time with an offset, e.g. 2026-11-21T10:00:00Z"
+        )
+    return value
+
+
+Timestamp = Annotated[AwareDatetime, BeforeValidator(_iso_8601)]
+
 sessions_router = APIRouter(
     prefix="/api/v1",
     tags=["sessions"],
     responses={
         404: {"model": ErrorBody},
         409: {"model": ErrorBody},
-        422: {"model": ErrorBody},
+        **REQUEST_ERRORS,
         **AUTH_ERRORS,
     },
     dependencies=[Depends(bearer_scheme)],
@@ -43,10 +66,10 @@ async def list_sessions(
     profile: Annotated[str | None, Query(max_length=128, description="Only this profile.")] = None,
     status: Annotated[SessionStatus | None, Query(description="Only this status.")] = None,
     created_after: Annotated[
-        datetime | None, Query(description="Created at or after (ISO 8601).")
+        Timestamp | None, Query(description="Created at or after (ISO 8601, with an offset).")
     ] = None,
     created_before: Annotated[
-        datetime | None, Query(description="Created before (ISO 8601).")
+        Timestamp | None, Query(description="Created before (ISO 8601, with an offset).")
     ] = None,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     cursor: Annotated[str | None, Query(pattern=AGENT_ID_PATTERN)] = None,
@@ -113,7 +136,8 @@ async def stop_session(request: Request, agent_id: AgentId, user_id: OwnerScope)
     return await platform.sessions.get(agent_id, user_id)
 
 
-TaskId = Annotated[str, FastPath(pattern=r"^tk_[0-9a-z]{26}$", description="Task id (tk_...).")]
+TASK_ID_PATTERN = r"^tk_[0-9a-z]{26}$"
+TaskId = Annotated[str, FastPath(pattern=TASK_ID_PATTERN, description="Task id (tk_...).")]
 
 
 @sessions_router.post("/tasks", status_code=201, response_model=Task, tags=["tasks"])
@@ -128,7 +152,7 @@ async def list_tasks(
     request: Request,
     user_id: OwnerScope,
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
-    cursor: Annotated[str | None, Query(pattern=r"^tk_[0-9a-z]{26}$")] = None,
+    cursor: Annotated[str | None, Query(pattern=TASK_ID_PATTERN)] = None,
 ) -> TaskList:
     return await platform_of(request).tasks.list_tasks(user_id, limit=limit, cursor=cursor)
 

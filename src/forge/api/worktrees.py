@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Body, Depends, Query, Request
 
 from forge.api.auth import OwnerScope, admin_only, bearer_scheme
-from forge.api.routes import AUTH_ERRORS, AgentId, platform_of
+from forge.api.routes import AUTH_ERRORS, REQUEST_ERRORS, AgentId, platform_of
 from forge.core.schemas import ErrorBody
 from forge.workspace.service import (
     CleanupReport,
@@ -22,7 +22,7 @@ from forge.workspace.service import (
 _errors: dict[int | str, dict[str, object]] = {
     404: {"model": ErrorBody},
     409: {"model": ErrorBody},
-    422: {"model": ErrorBody},
+    **REQUEST_ERRORS,
     **AUTH_ERRORS,
 }
 

@@ -51,6 +51,17 @@ def _check_encodable(text: str) -> None:
         ) from exc
 
 
+def check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Refuse metadata that is not valid Unicode or over `MAX_METADATA_BYTES` of JSON."""
+    if value is None:
+        return value
+    text = json.dumps(value, ensure_ascii=False)
+    _check_encodable(text)
+    if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
+        raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
+    return value
+
+
 class AgentCreate(_Request):
     """Body of `POST /api/v1/agents`."""
 
@@ -96,13 +107,7 @@ class AgentCreate(_Request):
     @field_validator("metadata")
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        if value is None:
-            return value
-        text = json.dumps(value, ensure_ascii=False)
-        _check_encodable(text)
-        if len(text.encode("utf-8")) > MAX_METADATA_BYTES:
-            raise ValueError(f"metadata must be at most {MAX_METADATA_BYTES} bytes of JSON")
-        return value
+        return check_metadata(value)
 
 
 class Agent(BaseModel):

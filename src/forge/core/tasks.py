@@ -6,13 +6,21 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError, field_validator
 from sqlalchemy import func, or_, select
 
 from forge.core import ids
 from forge.core.agents import AgentService
-from forge.core.errors import NotFound
-from forge.core.schemas import MAX_MESSAGE_CHARS, NAME_PATTERN, AgentCreate, MessageCreate
+from forge.core.errors import InvalidRequest, NotFound
+from forge.core.schemas import (
+    EXECUTOR_PATTERN,
+    MAX_MESSAGE_CHARS,
+    NAME_PATTERN,
+    VARIANT_PATTERN,
+    AgentCreate,
+    MessageCreate,
+    check_metadata,
+)
 from forge.store.db import Database
 from forge.store.tables import AgentRow, RunRow, TaskRow
 
@@ -39,13 +47,21 @@ class TaskCreate(BaseModel):
         description="Who the task belongs to; with an owner's API key, that owner (may be left "
         "out). Required otherwise.",
     )
-    profile: str | None = Field(default=None, max_length=128)
-    executor: str | None = Field(default=None, max_length=64)
-    variant: str | None = Field(default=None, max_length=64)
+    # The same rules as `AgentCreate`'s, which the session is made with.
+    profile: str | None = Field(default=None, pattern=NAME_PATTERN)
+    executor: str | None = Field(default=None, pattern=EXECUTOR_PATTERN)
+    variant: str | None = Field(default=None, pattern=VARIANT_PATTERN)
     repo: str | None = Field(default=None, min_length=1, max_length=4096)
     base_branch: str | None = Field(default=None, min_length=1, max_length=256)
     priority: int = Field(default=0, ge=-1000, le=1000, description="Higher runs first.")
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, Any] | None = Field(
+        default=None, description="Free-form; the session's metadata, with `title` added."
+    )
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        return check_metadata(value)
 
 
 class Task(BaseModel):
@@ -78,17 +94,24 @@ class TaskService:
         """Make the task's session for `owner_id` (who the caller may act for) and queue it."""
         metadata = dict(body.metadata or {})
         metadata.setdefault("title", body.title)
-        agent = await self.agents.create(
-            AgentCreate(
+        try:
+            spec = AgentCreate(
                 profile=body.profile,
                 executor=body.executor,
                 variant=body.variant,
                 repo=body.repo,
                 base_ref=body.base_branch,
                 metadata=metadata,
-            ),
-            owner_id=owner_id,
-        )
+            )
+        except ValidationError as exc:
+            # What `TaskCreate` let through but a session cannot take (metadata that the
+            # title pushes over the limit): the caller's to fix, not a server error.
+            problems = "; ".join(
+                f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}"
+                for e in exc.errors()[:5]
+            )
+            raise InvalidRequest(f"the task's session cannot be made: {problems}") from exc
+        agent = await self.agents.create(spec, owner_id=owner_id)
         task_id = ids.task_id()
         accepted = await self.agents.send_message(
             agent.id,
