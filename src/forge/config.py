@@ -115,6 +115,18 @@ class WorktreeSettings(BaseModel):
     max_worktrees: int = Field(default=200, ge=0)
 
 
+class ClusterSettings(BaseModel):
+    """`[cluster]`: several replicas over one PostgreSQL database (see docs/deploy.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # A replica owns the agents it supervises for this long and renews them every third of it;
+    # when a replica dies, another adopts its agents (and their running runs) once it lapses.
+    lease_seconds: float = Field(default=15.0, ge=1.0, le=600.0)
+    # This replica's name in the database ("" = host name, process id and a random suffix).
+    replica_id: str = Field(default="", max_length=96)
+
+
 class SessionSettings(BaseModel):
     """`[sessions]`: limits on runs."""
 
@@ -449,6 +461,7 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     worktrees: WorktreeSettings = Field(default_factory=WorktreeSettings)
     sessions: SessionSettings = Field(default_factory=SessionSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     sandbox: SandboxSettings = Field(default_factory=SandboxSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     attachments: AttachmentSettings = Field(default_factory=AttachmentSettings)

@@ -18,11 +18,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, exists, func, select
+from sqlalchemy import ColumnElement, exists, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from forge.config import Settings
 from forge.core import ids
+from forge.core.cluster import AGENTS_CHANNEL, Cluster, serialize
 from forge.core.errors import Conflict, InvalidRequest, NotFound, TooLarge
 from forge.core.eventlog import EventLog, StoredEventPage
 from forge.core.events import ErrorInfo, EventDraft
@@ -89,8 +90,12 @@ class AgentService:
         runtime: Runtime,
         worktrees: WorktreeManager,
         profiles: ProfileCatalog,
+        cluster: Cluster | None = None,
     ) -> None:
         self.settings = settings
+        self.cluster = cluster or Cluster(db)
+        self.replica_id = self.cluster.replica_id
+        self._lease = timedelta(seconds=settings.cluster.lease_seconds)
         self.db = db
         self.eventlog = eventlog
         self.runtime = runtime
@@ -101,6 +106,7 @@ class AgentService:
             max_concurrent=settings.sessions.max_concurrent,
             per_owner=settings.sessions.max_concurrent_per_owner,
             dispatch=self._dispatch,
+            replica_id=self.replica_id,
         )
         self.pool = WarmPool(settings, runtime, worktrees, self._pool_spec)
         self._links: dict[str, RunnerLink] = {}
@@ -110,23 +116,14 @@ class AgentService:
     # ---- lifecycle -------------------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Pick up where the last process stopped: reattach runners, resume provisioning."""
-        async with self.db.read() as session:
-            agents = list(
-                await session.scalars(
-                    select(AgentRow).where(
-                        AgentRow.deleted_at.is_(None), AgentRow.status.in_(ACTIVE_STATUSES)
-                    )
-                )
-            )
-        for agent in agents:
-            if agent.status == "provisioning":
-                self._start_provisioning(agent.id)
-            elif agent.sandbox and await is_alive(self.runtime, Sandbox.from_json(agent.sandbox)):
-                log.info("reattaching to the runner of %s", agent.id)
-                self._attach(agent.id, Sandbox.from_json(agent.sandbox))
-            else:
-                await self._runner_lost(agent.id)
+        """Pick up where the last process stopped, or another replica died: adopt the agents
+        no live replica supervises (reattach runners, resume provisioning), then keep their
+        leases."""
+        # SQLite has one replica: every lease left in the database is a previous process's.
+        await self._adopt_agents(everything=self.db.is_sqlite)
+        leases = asyncio.create_task(self._keep_leases(), name="leases")
+        self._background.add(leases)
+        leases.add_done_callback(self._background.discard)
         await self.scheduler.start()
         self.scheduler.kick()
         await self.pool.start()
@@ -143,7 +140,8 @@ class AgentService:
             task.add_done_callback(self._background.discard)
 
     async def stop(self) -> None:
-        """Stop background work; runners keep running so a restart can reattach."""
+        """Stop background work; runners keep running so a restart, or another replica, can
+        reattach. The leases are released, so that happens at once."""
         await self.pool.stop()
         await self.scheduler.stop()
         for task in list(self._provisioning.values()) + list(self._background):
@@ -154,6 +152,15 @@ class AgentService:
         for link in list(self._links.values()):
             await link.close()
         self._links.clear()
+        try:
+            async with self.db.write() as session:
+                await session.execute(
+                    update(AgentRow)
+                    .where(AgentRow.lease_owner == self.replica_id)
+                    .values(lease_owner=None, lease_expires_at=None, updated_at=AgentRow.updated_at)
+                )
+        except Exception:
+            log.exception("releasing this replica's leases failed; they lapse by themselves")
         close = getattr(self.runtime, "close", None)
         if close is not None:
             await close()
@@ -176,6 +183,117 @@ class AgentService:
             except Exception:
                 log.exception("sweeping orphaned sandboxes failed")
 
+    # ---- leases ----------------------------------------------------------------------------------
+
+    def _lease_until(self) -> Any:
+        return utcnow() + self._lease
+
+    async def _keep_leases(self) -> None:
+        """Renew this replica's leases every third of their length, and adopt the agents whose
+        supervisor's lease lapsed (it died) or was released (it stopped)."""
+        while True:
+            await asyncio.sleep(self._lease.total_seconds() / 3)
+            try:
+                await self._renew_leases()
+                await self._adopt_agents()
+            except Exception:
+                log.exception("renewing or adopting leases failed")
+
+    async def _renew_leases(self) -> None:
+        async with self.db.write() as session:
+            held = set(
+                await session.scalars(
+                    update(AgentRow)
+                    .where(AgentRow.lease_owner == self.replica_id)
+                    .values(lease_expires_at=self._lease_until(), updated_at=AgentRow.updated_at)
+                    .returning(AgentRow.id)
+                )
+            )
+        for agent_id in list(self._links):
+            if agent_id not in held and agent_id not in self._provisioning:
+                # Another replica took it over (this one stalled past its lease): let go of
+                # the runner without touching it.
+                log.warning("lost the lease of %s to another replica; letting go", agent_id)
+                link = self._links.pop(agent_id, None)
+                if link is not None:
+                    await link.close()
+
+    async def _adopt_agents(self, *, everything: bool = False) -> None:
+        """Take the lease of active agents no live replica supervises and pick each up: resume
+        its provisioning, reattach to its runner (its unacknowledged events and running run
+        come with it), or, runner gone, end its run with RUNNER_LOST."""
+        now = utcnow()
+        query = select(AgentRow).where(
+            AgentRow.deleted_at.is_(None),
+            AgentRow.status.in_(ACTIVE_STATUSES),
+            or_(AgentRow.lease_owner.is_(None), AgentRow.lease_owner != self.replica_id),
+        )
+        if not everything:
+            query = query.where(
+                or_(AgentRow.lease_owner.is_(None), AgentRow.lease_expires_at < now)
+            )
+        async with self.db.write() as session:
+            rows = list(
+                await session.scalars(
+                    query.order_by(AgentRow.id).limit(200).with_for_update(skip_locked=True)
+                )
+            )
+            for row in rows:
+                row.lease_owner, row.lease_expires_at = self.replica_id, self._lease_until()
+            adopted = [(row.id, row.status, row.sandbox, row.lease_owner) for row in rows]
+        for agent_id, status, raw, _owner in adopted:
+            if agent_id in self._links or agent_id in self._provisioning:
+                continue
+            if status == "provisioning":
+                log.info("adopting %s: resuming its provisioning", agent_id)
+                self._start_provisioning(agent_id)
+            elif raw and await is_alive(self.runtime, Sandbox.from_json(raw)):
+                log.info("adopting %s: reattaching to its runner", agent_id)
+                self._attach(agent_id, Sandbox.from_json(raw))
+            else:
+                await self._runner_lost(agent_id)
+        if adopted:
+            self.scheduler.kick()
+
+    async def _tell_supervisor(self, agent_id: str) -> None:
+        """The agent's runs, interrupts, permission answers or state changed: if another replica
+        supervises it, have it look (it resends what its runner must hear)."""
+        if agent_id not in self._links:
+            await self.cluster.announce(AGENTS_CHANNEL, agent_id)
+        else:
+            self.scheduler.kick()
+
+    def agent_changed(self, agent_id: str) -> None:
+        """Another replica changed something of an agent (the `forge_agents` announcement)."""
+        if agent_id not in self._links:
+            return
+        task = asyncio.create_task(self._catch_up(agent_id), name=f"catch-up-{agent_id}")
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _catch_up(self, agent_id: str) -> None:
+        link = self._links.get(agent_id)
+        if link is None:
+            return
+        async with self.db.read() as session:
+            agent = await session.get(AgentRow, agent_id)
+        if agent is None or agent.deleted_at is not None or agent.lease_owner != self.replica_id:
+            # Deleted or stopped elsewhere (that replica removes the sandbox): let go.
+            self._links.pop(agent_id, None)
+            await link.close()
+            return
+        async with self.scheduler.dispatch_lock:
+            for message in await self._runs_to_resend(agent_id):
+                await link.send(message)
+        self.scheduler.kick()
+
+    def resync(self) -> None:
+        """Announcements may have been missed (the listening connection was lost): catch up
+        with every agent this replica supervises."""
+        for agent_id in list(self._links):
+            self.agent_changed(agent_id)
+        self.scheduler.kick()
+
     # ---- agents ----------------------------------------------------------------------------------
 
     async def create(self, body: AgentCreate, *, owner_id: str, wait: bool = False) -> Agent:
@@ -194,6 +312,8 @@ class AgentService:
         row = AgentRow(
             id=agent_id,
             owner_id=owner_id,
+            lease_owner=self.replica_id,
+            lease_expires_at=self._lease_until(),
             profile=profile.name,
             executor=profile.executor,
             variant=profile.variant if body.executor is not None else None,
@@ -275,6 +395,8 @@ class AgentService:
             assert agent is not None
             agent.deleted_at = utcnow()
             agent.status = "stopped"
+            agent.lease_owner, agent.lease_expires_at = None, None
+        await self._tell_supervisor(agent_id)
         provisioning = self._provisioning.get(agent_id)
         if provisioning is not None:
             with contextlib.suppress(Exception):
@@ -378,7 +500,10 @@ class AgentService:
             decision=body.decision,
             message=body.message or "",
         )
-        if link is None or not await link.send(pb.PlatformMessage(permission_reply=reply)):
+        if link is None:
+            # Another replica supervises the runner (or none yet): it resends what is answered.
+            await self._tell_supervisor(agent_id)
+        elif not await link.send(pb.PlatformMessage(permission_reply=reply)):
             # The runner hears it when it reconnects (`_runs_to_resend`).
             log.info("runner of %s not connected; answer to %s sent later", agent_id, permission_id)
         return answered
@@ -408,6 +533,9 @@ class AgentService:
             status, needs_runner = await self._store_run(agent_id, request_id, body, body_hash)
         if needs_runner:
             self._start_provisioning(agent_id)
+        elif status == "queued" and agent_id not in self._links:
+            # Another replica supervises the agent: its scheduler starts the run.
+            await self._tell_supervisor(agent_id)
         elif status == "queued":
             await self.scheduler.run_pass()
             async with self.db.read() as session:
@@ -460,7 +588,8 @@ class AgentService:
         needs a new runner. The agent is re-read in the same transaction, so a delete, a failed
         provisioning or a lost runner cannot slip in between and strand the run."""
         async with self.db.write() as session:
-            agent = await session.get(AgentRow, agent_id)
+            # Locked (PostgreSQL): a replica resuming a stopped agent is the only one to.
+            agent = await session.get(AgentRow, agent_id, with_for_update=True)
             if agent is None or agent.deleted_at is not None:
                 raise NotFound(f"agent {agent_id} not found", code="agent_not_found")
             existing = await session.scalar(
@@ -507,7 +636,12 @@ class AgentService:
                     interrupt_requested=False,
                 )
             )
-            return "queued", agent.status == "stopped"
+            if agent.status != "stopped":
+                return "queued", False
+            # This replica starts it again, and supervises it.
+            agent.status = "provisioning"
+            agent.lease_owner, agent.lease_expires_at = self.replica_id, self._lease_until()
+            return "queued", True
 
     async def interrupt(
         self, agent_id: str, owner_id: str | None, body: InterruptRequest
@@ -541,9 +675,12 @@ class AgentService:
                 link = self._links.get(agent_id)
                 grace = self.settings.sessions.interrupt_grace_seconds
                 message = pb.Interrupt(request_id=request_id, grace_seconds=grace)
-                # If the runner is not connected, the interrupt is resent when it is.
+                # If the runner is not connected, the interrupt is resent when it is; if another
+                # replica supervises it, that replica sends it.
                 if link is not None:
                     await link.send(pb.PlatformMessage(interrupt=message))
+                else:
+                    await self._tell_supervisor(agent_id)
             else:
                 # One transaction: the final event and the run's end.
                 await self.eventlog.append(
@@ -703,6 +840,7 @@ class AgentService:
                 return
             agent.status = "failed"
             agent.error_message = reason
+            agent.lease_owner, agent.lease_expires_at = None, None
         await self._end_runs(
             agent_id,
             "queued",
@@ -869,6 +1007,8 @@ class AgentService:
 
     async def _run_finished(self, agent_id: str, request_id: str | None) -> None:
         async with self.db.write() as session:
+            # With the scheduler's claims: a run claimed meanwhile keeps the agent `running`.
+            await serialize(session)
             agent = await session.get(AgentRow, agent_id)
             if agent is not None and agent.status == "running" and agent.deleted_at is None:
                 still_running = await session.scalar(
@@ -930,6 +1070,7 @@ class AgentService:
                             select(AgentRow.id).where(
                                 AgentRow.deleted_at.is_(None),
                                 AgentRow.status == "ready",
+                                AgentRow.lease_owner == self.replica_id,
                                 AgentRow.updated_at < cutoff,
                                 ~queued,
                             )
@@ -954,15 +1095,20 @@ class AgentService:
         await self._discard_sandbox(agent_id)
         await self._end_runs(agent_id, "running", reason, code=code)
         async with self.db.write() as session:
-            agent = await session.get(AgentRow, agent_id)
+            agent = await session.get(AgentRow, agent_id, with_for_update=True)
             if agent is None or agent.deleted_at is not None:
                 return
-            agent.status = "stopped"
             queued = await session.scalar(
                 select(func.count())
                 .select_from(RunRow)
                 .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
             )
+            if queued:
+                agent.status = "provisioning"
+                agent.lease_owner, agent.lease_expires_at = self.replica_id, self._lease_until()
+            else:
+                agent.status = "stopped"
+                agent.lease_owner, agent.lease_expires_at = None, None
         if queued:
             self._start_provisioning(agent_id)
 

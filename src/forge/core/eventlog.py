@@ -16,6 +16,7 @@ from sqlalchemy import Table, and_, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from forge.core import ids
+from forge.core.cluster import EVENTS_CHANNEL, notify
 from forge.core.events import EventDraft, EventEnvelope
 from forge.core.redaction import SecretRedactor
 from forge.store.db import Database
@@ -101,6 +102,14 @@ class EventBus:
         signal = self._signals.pop(agent_id, None)
         if signal is not None:
             signal.events = events
+            signal.event.set()
+
+    def wake_all(self) -> None:
+        """Wake every waiter without events: each reads the log (after announcements from
+        other replicas may have been missed)."""
+        for agent_id in list(self._signals):
+            signal = self._signals.pop(agent_id)
+            signal.events = ()
             signal.event.set()
 
     def latest(self, agent_id: str) -> int | None:
@@ -290,6 +299,9 @@ class EventLog:
                 await conn.execute(
                     update(_AGENTS).where(_AGENTS.c.id == agent_id).values(agent_changes)
                 )
+            if sealed:
+                # Subscribers on the other replicas (sent on commit; PostgreSQL only).
+                await notify(conn, EVENTS_CHANNEL, f"{agent_id}:{seq}")
         if sealed:
             self.bus.publish(
                 agent_id,

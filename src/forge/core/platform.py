@@ -9,6 +9,7 @@ from forge import __version__
 from forge.config import Settings
 from forge.core.agents import AgentService
 from forge.core.auth import ApiKeyService
+from forge.core.cluster import AGENTS_CHANNEL, EVENTS_CHANNEL, Cluster
 from forge.core.deliveries import DeliveryService
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.profiles import ProfileCatalog
@@ -38,7 +39,8 @@ class Platform:
             pool_recycle=settings.database.max_lifetime_seconds,
         )
         self.bus = EventBus()
-        self.dispatcher = WebhookDispatcher(self.db, settings.webhooks)
+        self.cluster = Cluster(self.db, settings.cluster.replica_id)
+        self.dispatcher = WebhookDispatcher(self.db, settings.webhooks, cluster=self.cluster)
         profiles = ProfileCatalog(settings)
         self.redactor = SecretRedactor(secret_values(settings, profiles))
         self.eventlog = EventLog(
@@ -51,7 +53,11 @@ class Platform:
             runtime=get_runtime(settings),
             worktrees=WorktreeManager(settings.worktree_base),
             profiles=profiles,
+            cluster=self.cluster,
         )
+        self.cluster.on(EVENTS_CHANNEL, self._events_elsewhere)
+        self.cluster.on(AGENTS_CHANNEL, self.agents.agent_changed)
+        self.cluster.on_reconnect(self._resync)
         self.keys = ApiKeyService(self.db, settings.auth)
         self.sessions = SessionService(self.db)
         self.tasks = TaskService(self.db, self.agents)
@@ -64,6 +70,7 @@ class Platform:
 
     async def start(self) -> None:
         await self.db.migrate()
+        await self.cluster.start()
         await self.dispatcher.start()
         await self.worktrees.sweep_orphans()
         await self.agents.start()
@@ -85,7 +92,21 @@ class Platform:
         """Stop background work and write what is known; runners keep running."""
         await self.agents.stop()
         await self.dispatcher.stop()
+        await self.cluster.stop()
         await self.db.close()
+
+    def _events_elsewhere(self, payload: str) -> None:
+        """`<agent_id>:<last_seq>` from a replica's append: wake this replica's subscribers
+        (they read the log) and dispatcher (the append may have written deliveries)."""
+        agent_id, _, seq = payload.rpartition(":")
+        if agent_id and seq.isdigit():
+            self.bus.publish(agent_id, int(seq))
+            self.dispatcher.wake()
+
+    def _resync(self) -> None:
+        self.bus.wake_all()
+        self.dispatcher.wake()
+        self.agents.resync()
 
     @property
     def uptime_s(self) -> float:

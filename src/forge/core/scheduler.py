@@ -3,6 +3,10 @@ per-owner limit.
 
 The runs table is the queue. A pass marks the chosen runs `running` (and their agents `running`)
 in one transaction, then hands each to `dispatch`. An agent runs one run at a time, in order.
+
+With several replicas, each takes only runs of the agents it holds the lease of (it supervises
+their runners), and the passes of all replicas are serialized by an advisory lock, so the
+limits count every replica's running runs; the queued rows are taken `FOR UPDATE SKIP LOCKED`.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Awaitable, Callable
 
 from sqlalchemy import func, select
 
+from forge.core.cluster import serialize
 from forge.store.db import Database
 from forge.store.tables import AgentRow, RunRow, utcnow
 
@@ -26,9 +31,17 @@ class Scheduler:
     """Starts queued runs whenever there is room; woken by `kick()` and by a slow timer."""
 
     def __init__(
-        self, db: Database, *, max_concurrent: int, dispatch: Dispatch, per_owner: int = 0
+        self,
+        db: Database,
+        *,
+        max_concurrent: int,
+        dispatch: Dispatch,
+        per_owner: int = 0,
+        replica_id: str | None = None,
     ) -> None:
         self._db = db
+        # Only agents leased by this replica (None: every agent, for a single process).
+        self._replica_id = replica_id
         self._max_concurrent = max_concurrent
         self._per_owner = per_owner
         self._dispatch = dispatch
@@ -68,6 +81,7 @@ class Scheduler:
 
     async def _claim(self) -> list[tuple[RunRow, AgentRow]]:
         async with self._db.write() as session:
+            await serialize(session)
             running = await session.scalar(
                 select(func.count()).select_from(RunRow).where(RunRow.status == "running")
             )
@@ -82,7 +96,7 @@ class Scheduler:
                     .group_by(RunRow.owner_id)
                 )
                 owners_running = {owner: int(n) for owner, n in counts}
-            rows = await session.execute(
+            query = (
                 select(RunRow, AgentRow)
                 .join(AgentRow, AgentRow.id == RunRow.agent_id)
                 .where(
@@ -92,7 +106,11 @@ class Scheduler:
                 )
                 .order_by(RunRow.priority.desc(), RunRow.created_at, RunRow.id)
                 .limit(room * 8 + 64)
+                .with_for_update(skip_locked=True, of=RunRow)
             )
+            if self._replica_id is not None:
+                query = query.where(AgentRow.lease_owner == self._replica_id)
+            rows = await session.execute(query)
             chosen: list[tuple[RunRow, AgentRow]] = []
             agents_taken: set[str] = set()
             for run, agent in rows:

@@ -42,6 +42,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Protocol
 from urllib.parse import urlsplit
 
 import httpx
@@ -116,8 +117,12 @@ class WebhookDispatcher:
     an endpoint's row was changed (enabled again), `stop()` ends gracefully.
     """
 
-    def __init__(self, db: Database, settings: WebhookSettings) -> None:
+    def __init__(
+        self, db: Database, settings: WebhookSettings, *, cluster: EndpointLocks | None = None
+    ) -> None:
         self._settings = settings
+        # With several replicas: one at a time delivers to an endpoint (its order, its breaker).
+        self._locks = cluster
         self._outbox = Outbox(db)
         self._transport: WebhookTransport | None = None
         self._wake = asyncio.Event()
@@ -356,6 +361,8 @@ class WebhookDispatcher:
             if self._sending_to[url] + taken[url] >= share:
                 continue
             head = self._ready.pop(stream)
+            if self._locks is not None and not await self._locks.try_lock(_lock_name(url)):
+                continue  # another replica delivers to this endpoint now; a later scan retries
             # A half-open endpoint gets one probe: the first of its streams claims it.
             if stream not in self._streams and self._health.claim(url, stream, now):
                 chosen.append(head)
@@ -421,6 +428,10 @@ class WebhookDispatcher:
             self._health.release(url, stream)
             self._streams.pop(stream, None)
             self._ended_during_scan.add(stream)
+            if self._locks is not None and not any(s[0] == url for s in self._streams):
+                # After the outcome was written (awaited above): the next replica to take the
+                # endpoint finds it.
+                await self._locks.unlock(_lock_name(url))
             self._wake.set()
 
     async def _drain_stream(
@@ -736,6 +747,18 @@ def _settle(written: asyncio.Future[bool], ok: bool) -> None:
     # A worker cancelled by stop() while awaiting the future cancels it with itself.
     if not written.done():
         written.set_result(ok)
+
+
+class EndpointLocks(Protocol):
+    """Session locks shared by the replicas (`forge.core.cluster.Cluster`)."""
+
+    async def try_lock(self, name: str) -> bool: ...
+
+    async def unlock(self, name: str) -> None: ...
+
+
+def _lock_name(url: str) -> str:
+    return f"webhook:{url}"
 
 
 def _url_and_stream(head: StreamHead) -> tuple[str, StreamKey]:

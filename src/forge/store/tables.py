@@ -83,6 +83,10 @@ class AgentRow(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The replica supervising the agent's runner (and running its runs) until `lease_expires_at`;
+    # it renews the lease while alive. None: no one (stopped, failed, or released on shutdown).
+    lease_owner: Mapped[str | None] = mapped_column(String(128), index=True)
+    lease_expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class RunRow(Base):
