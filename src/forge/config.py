@@ -59,6 +59,10 @@ class AuthSettings(BaseModel):
     # is how many may come at once.
     rate_limit_per_minute: int = Field(default=1200, ge=0, le=1_000_000)
     rate_limit_burst: int = Field(default=200, ge=1, le=1_000_000)
+    # Wrong or revoked keys one client address may present a minute (each costs a database
+    # read), after a first burst; beyond, 429.
+    failed_auth_per_minute: int = Field(default=30, ge=1, le=1_000_000)
+    failed_auth_burst: int = Field(default=20, ge=1, le=1_000_000)
     # How long a checked key is trusted before the database is asked again; a revocation made
     # on another replica takes effect within this time (at once on the replica that made it).
     key_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
@@ -66,6 +70,9 @@ class AuthSettings(BaseModel):
     @field_validator("admin_key")
     @classmethod
     def _long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            # A key from a file or a Secret often ends with a newline no client sends.
+            value = SecretStr(value.get_secret_value().strip())
         if value is not None and len(value.get_secret_value()) < MIN_ADMIN_KEY_CHARS:
             raise ValueError(
                 f"FORGE_API_KEY must be at least {MIN_ADMIN_KEY_CHARS} characters; "
@@ -113,6 +120,9 @@ class WorktreeSettings(BaseModel):
     # Creating an agent with a repository is refused (409) while this many worktrees exist
     # (0 = no limit).
     max_worktrees: int = Field(default=200, ge=0)
+    # Directories agents' repositories must be under (empty: anywhere on the host but Forge's
+    # own data). Set it when owners should not name each other's, or any, repositories.
+    allowed_repo_roots: list[str] = Field(default_factory=list)
 
 
 class ClusterSettings(BaseModel):

@@ -101,10 +101,12 @@ class ForgeServer:
         extra_config: str = "",
         webhooks: str | None = None,
         env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
     ) -> None:
         self.root = root
         self.env = dict(env or {})
-        self.data_dir = root / "data"
+        # Replicas share one (as they would share a volume).
+        self.data_dir = data_dir or root / "data"
         self.port = free_port()
         self.config_path = root / "forge.toml"
         self.config_path.write_text(
@@ -223,11 +225,14 @@ def forge_server(tmp_path: Path) -> Iterator[Callable[..., ForgeServer]]:
     servers: list[ForgeServer] = []
 
     def make(
-        extra_config: str = "", webhooks: str | None = None, env: dict[str, str] | None = None
+        extra_config: str = "",
+        webhooks: str | None = None,
+        env: dict[str, str] | None = None,
+        data_dir: Path | None = None,
     ) -> ForgeServer:
         root = tmp_path / f"forge{len(servers)}"
         root.mkdir()
-        server = ForgeServer(root, extra_config, webhooks, env)
+        server = ForgeServer(root, extra_config, webhooks, env, data_dir)
         servers.append(server)
         server.start()
         return server

@@ -29,6 +29,8 @@ AUTH = """
 enabled = true
 rate_limit_per_minute = 6000
 rate_limit_burst = 1000
+failed_auth_per_minute = 100000
+failed_auth_burst = 100000
 """
 PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
 
@@ -165,6 +167,12 @@ def test_every_route_needs_a_key_and_another_owners_objects_are_not_found(
         assert anonymous.json()["error"] == "missing_api_key"
         assert anonymous.headers["www-authenticate"].startswith("Bearer")
         assert forged.status_code == 401 and forged.json()["error"] == "invalid_api_key", where
+        # Bob's key id with alice's secret is no key either.
+        spliced = bob["key"].rsplit("_", 1)[0] + "_" + alice["key"].rsplit("_", 1)[1]
+        mixed = httpx.request(
+            method, server.base_url + url, params=case.params, headers=bearer(spliced), **payload
+        )
+        assert mixed.status_code == 401, where
 
         answer = as_bob.request(method, url, params=case.params, **payload)
         assert answer.status_code == case.expect, f"{where}: {answer.text}"
@@ -173,11 +181,19 @@ def test_every_route_needs_a_key_and_another_owners_objects_are_not_found(
         else:
             # Nothing of alice's shows in what bob may read.
             assert not any(i in answer.text for i in alices), f"{where}: {answer.text}"
-        if case.expect == 200 and "user_id" in takes_query[(method, path)]:
+        if "user_id" in takes_query[(method, path)]:
             # Naming alice outright is refused, not quietly narrowed.
             named = as_bob.request(method, url, params={**case.params, "user_id": "alice"})
             assert named.status_code == 403, where
             assert named.json()["error"] == "owner_mismatch"
+
+    # Bob's health shows his agents only; he cannot branch from alice's session branch.
+    assert as_bob.get("/health").json()["agents"].get("total", 0) == 0
+    assert as_alice.get("/health").json()["agents"]["total"] == 2
+    branch = as_bob.post(
+        "/api/v1/agents", json={"repo": str(git_repo), "base_ref": f"forge/{agent['id']}"}
+    )
+    assert branch.status_code == 422 and branch.json()["error"] == "invalid_base_ref"
 
     # Alice still has everything, and her key reaches it.
     assert as_alice.get(f"/api/v1/agents/{agent['id']}").json()["status"] != "deleted"
@@ -238,6 +254,13 @@ def test_streams_take_the_key_as_header_subprotocol_or_query(forge_server: Any) 
         assert json.loads(first[5:])["seq"] == 1
     refused_sse = httpx.get(events, params={"access_token": bob["key"]}, headers=sse)
     assert refused_sse.status_code == 404
+    # Only streams take a key in the URL: it would end up in proxies' logs.
+    in_url = httpx.post(
+        f"{server.base_url}/api/v1/agents/{agent_id}/messages",
+        params={"access_token": alice["key"]},
+        json={"content": "x"},
+    )
+    assert in_url.status_code == 401 and in_url.json()["error"] == "missing_api_key"
     with connect(ws_url(server, agent_id, f"?access_token={alice['key']}")) as ws:
         assert json.loads(ws.recv(timeout=10))["seq"] == 1
     assert "access_token=[hidden]" in server.log()
@@ -333,3 +356,52 @@ async def test_a_runner_refuses_a_connection_without_its_token(forge_server: Any
     reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "still"})
     events = server.wait_final(agent_id, reply.json()["request_id"])
     assert events[-1]["outcome"] == "succeeded"
+
+
+def test_an_open_stream_ends_when_its_key_is_revoked(forge_server: Any) -> None:
+    server = start(forge_server, "\n[sse]\nkeepalive_seconds = 0.5\n")
+    alice = make_key(server, "alice")
+    server.http.headers.update(bearer(alice["key"]))
+    agent_id = server.create_agent(owner_id=None)["id"]
+    events = f"{server.base_url}/api/v1/agents/{agent_id}/events"
+    headers = {"accept": "text/event-stream", **bearer(alice["key"])}
+    with httpx.stream("GET", events, headers=headers, timeout=20) as stream:
+        lines = stream.iter_lines()
+        assert next(lines).startswith("retry:")
+        revoked = server.http.delete(f"/api/v1/keys/{alice['key_id']}", headers=bearer(ADMIN_KEY))
+        assert revoked.status_code == 200
+        # The server ends the stream (a read timeout would raise instead).
+        rest = list(lines)
+    assert all(not line.startswith("data:") for line in rest)
+    assert httpx.get(events, headers=headers).status_code == 401
+
+
+def test_repositories_are_limited_to_the_allowed_roots(
+    forge_server: Any, git_repo: Path, tmp_path: Path
+) -> None:
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    server = start(forge_server, f'\n[worktrees]\nallowed_repo_roots = ["{allowed}"]\n')
+    alice = make_key(server, "alice")
+    as_alice = httpx.Client(base_url=server.base_url, headers=bearer(alice["key"]), timeout=60)
+    outside = as_alice.post("/api/v1/agents", json={"repo": str(git_repo)})
+    assert outside.status_code == 422 and "allowed_repo_roots" in outside.json()["message"]
+    forge_data = as_alice.post("/api/v1/agents", json={"repo": str(server.data_dir)})
+    assert forge_data.status_code == 422 and "data directory" in forge_data.json()["message"]
+    inside = allowed / "repo"
+    subprocess.run(["git", "clone", "-q", str(git_repo), str(inside)], check=True)
+    created = as_alice.post("/api/v1/agents", params={"wait": "true"}, json={"repo": str(inside)})
+    assert created.status_code == 201, created.text
+    as_alice.close()
+
+
+def test_wrong_keys_from_one_address_are_rate_limited(forge_server: Any) -> None:
+    server: ForgeServer = forge_server(
+        "\n[auth]\nenabled = true\nfailed_auth_burst = 5\n", env={"FORGE_API_KEY": ADMIN_KEY}
+    )
+    wrong = bearer("fk_" + "1" * 26 + "_" + "2" * 64)
+    answers = [server.http.get("/api/v1/agents", headers=wrong) for _ in range(6)]
+    assert [a.status_code for a in answers] == [401] * 5 + [429]
+    assert int(answers[-1].headers["retry-after"]) >= 1
+    assert "failed authentications" in answers[-1].json()["message"]
+    assert server.http.get("/healthz").status_code == 200

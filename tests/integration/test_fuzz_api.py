@@ -30,7 +30,7 @@ from tests.integration.conftest import ForgeServer, git
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
 # Per operation and phase; a deeper run (nightly, or by hand): FUZZ_MAX_EXAMPLES=500.
-MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("FUZZ_MAX_EXAMPLES", "12"))
 ADMIN_KEY = "fuzz-admin-key-0123456789abcdef"
 OWNER = "alice"
 SERVER_CONFIG = """

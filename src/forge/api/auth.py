@@ -23,6 +23,7 @@ from starlette.websockets import WebSocket
 
 from forge.api.errors import error_response
 from forge.api.ratelimit import RateLimiter
+from forge.api.streams import AgentGone
 from forge.config import AuthSettings
 from forge.core.auth import Caller
 from forge.core.platform import Platform
@@ -41,6 +42,13 @@ bearer_scheme = HTTPBearer(
 )
 
 
+def _may_carry_token(scope: Scope, headers: list[tuple[bytes, bytes]]) -> bool:
+    if scope["type"] == "websocket":
+        return True
+    accept = b"".join(value for name, value in headers if name == b"accept")
+    return scope.get("method") == "GET" and b"text/event-stream" in accept
+
+
 def _token_of(scope: Scope) -> str | None:
     headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
     for name, value in headers:
@@ -54,7 +62,9 @@ def _token_of(scope: Scope) -> str | None:
                 if offered.startswith(_BEARER_PROTOCOL) and len(offered) > len(_BEARER_PROTOCOL):
                     return offered[len(_BEARER_PROTOCOL) :]
     query: bytes = scope.get("query_string") or b""
-    if b"access_token=" in query:
+    # Only where a browser cannot send a header: a WebSocket, or an EventSource's GET. A key in
+    # any other URL would end up in proxies' logs for nothing.
+    if b"access_token=" in query and _may_carry_token(scope, headers):
         for name_, token_ in parse_qsl(query.decode("latin-1")):
             if name_ == "access_token" and token_:
                 return token_
@@ -69,6 +79,8 @@ class Authenticate:
         self.app = app
         self.settings = settings
         self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+        # Wrong keys, per client address: guessing costs a database read each.
+        self.failures = RateLimiter(settings.failed_auth_per_minute, settings.failed_auth_burst)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
@@ -89,9 +101,16 @@ class Authenticate:
                     ),
                 )
                 return
+            client = scope.get("client")
+            address = f"ip:{client[0]}" if client else "ip:?"
+            wait = self.failures.peek_seconds(address)
+            if wait:
+                await _refuse(scope, receive, send, _too_many(wait, "failed authentications"))
+                return
             platform: Platform = scope["app"].state.platform
             found = await platform.keys.authenticate(token)
             if found is None:
+                self.failures.wait_seconds(address)
                 await _refuse(
                     scope,
                     receive,
@@ -102,17 +121,20 @@ class Authenticate:
             caller = found
             wait = self.limiter.wait_seconds(caller.key_id)
             if wait:
-                response = error_response(
-                    429,
-                    "rate_limited",
+                limit = (
                     f"this key is limited to {self.settings.rate_limit_per_minute} requests a "
-                    f"minute (bursts of {self.settings.rate_limit_burst}); retry in {wait} s",
+                    f"minute (bursts of {self.settings.rate_limit_burst})"
                 )
-                response.headers["Retry-After"] = str(wait)
-                await _refuse(scope, receive, send, response)
+                await _refuse(scope, receive, send, _too_many(wait, limit))
                 return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)
+
+
+def _too_many(wait: int, what: str) -> JSONResponse:
+    response = error_response(429, "rate_limited", f"{what}; retry in {wait} s")
+    response.headers["Retry-After"] = str(wait)
+    return response
 
 
 def _unauthorized(code: str, message: str) -> JSONResponse:
@@ -160,10 +182,22 @@ CallerOf = Annotated[Caller, Depends(caller_of)]
 OwnerScope = Annotated[str | None, Depends(_owner_scope)]
 
 
-class HideTokens(logging.Filter):
-    """Blanks `access_token=...` in the access log lines uvicorn writes."""
+def stream_over(platform: Platform, agent_id: str, caller: Caller) -> AgentGone:
+    """For a live stream: whether it should end, because the agent was deleted or the key it
+    was opened with was revoked since."""
 
-    _TOKEN = re.compile(r"(access_token=)[^&\s\"]+")
+    async def over() -> bool:
+        return not await platform.keys.still_valid(caller) or await platform.agents.is_deleted(
+            agent_id
+        )
+
+    return over
+
+
+class HideTokens(logging.Filter):
+    """Blanks `access_token=...` (however it is escaped) in the log lines uvicorn writes."""
+
+    _TOKEN = re.compile(r"(access(?:_|%5f)token=)[^&\s\"]+", re.IGNORECASE)
 
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):

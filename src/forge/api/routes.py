@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from typing import Annotated
 
 from fastapi import APIRouter, Body, Depends, Header, Path, Query, Request, Response
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from forge.api.auth import CallerOf, OwnerScope, bearer_scheme
+from forge.api.auth import CallerOf, OwnerScope, bearer_scheme, caller_of, stream_over
 from forge.api.streams import sse_stream
 from forge.core.platform import Platform
 from forge.core.schemas import (
@@ -262,7 +261,7 @@ async def agent_events(
                 agent_id,
                 start,
                 keepalive=platform.settings.sse.keepalive_seconds,
-                agent_gone=functools.partial(platform.agents.is_deleted, agent_id),
+                agent_gone=stream_over(platform, agent_id, caller_of(request)),
             ),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
@@ -312,13 +311,15 @@ async def redeliver(request: Request, delivery_id: DeliveryId, user_id: OwnerSco
     dependencies=[Depends(bearer_scheme)],
     responses=AUTH_ERRORS,
 )
-async def health(request: Request) -> Health | JSONResponse:
+async def health(request: Request, caller: CallerOf) -> Health | JSONResponse:
+    """Status, version, database and sandbox runtime; the agent counts are the caller's own
+    (every owner's with the admin key)."""
     platform = platform_of(request)
     database: dict[str, object] = {"backend": platform.db.backend}
     try:
         await platform.db.ping()
         database["status"] = "ok"
-        agents = await platform.agents.status_counts()
+        agents = await platform.agents.status_counts(caller.owner_id)
     except Exception:
         log.exception("health check: the database did not answer")
         database.update(status="error", error="the database did not answer; see the server log")

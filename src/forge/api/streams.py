@@ -24,6 +24,8 @@ KEEPALIVE_SECONDS = 15.0
 # Whether the agent was deleted meanwhile (asked when a stream is idle, to end it).
 AgentGone = Callable[[], Awaitable[bool]]
 PAGE = 500
+# How often a busy stream checks it may go on (agent not deleted, key not revoked).
+RECHECK_SECONDS = 10.0
 
 # WebSocket close codes (4000-4999 are the application's own).
 WS_CLOSE_NORMAL = 1000
@@ -52,10 +54,14 @@ async def follow_log(
     """The events after `after`, page by page: the log first, then what the bus hands over.
 
     An empty page means `idle` seconds went by without an event. The pages end when the server
-    shuts down (after the current page) or, checked when idle, once `agent_gone()` is true.
+    shuts down (after the current page) or once `agent_gone()` is true (the agent was deleted,
+    or the caller's key revoked): checked when idle, and at least every `RECHECK_SECONDS`
+    while busy.
     """
     last = after
     fresh: Sequence[StoredEvent] = ()  # handed over by the bus: no need to read the log
+    loop = asyncio.get_running_loop()
+    recheck_at = loop.time() + RECHECK_SECONDS
     while True:
         events = fresh or await eventlog.read_stored(agent_id, after=last, limit=PAGE)
         more = not fresh and len(events) == PAGE
@@ -64,6 +70,10 @@ async def follow_log(
             last = events[-1].seq
         if bus.closed:
             return
+        if agent_gone is not None and loop.time() >= recheck_at:
+            recheck_at = loop.time() + RECHECK_SECONDS
+            if await agent_gone():
+                return
         if more:
             continue
         woken, fresh = await bus.wait_for_events(agent_id, last, timeout=idle)
@@ -174,7 +184,7 @@ class WebSocketStream:
                 WS_CLOSE_SERVICE_RESTART, f"server restarting; reconnect with after={self._last}"
             )
         else:
-            await self._close(WS_CLOSE_NORMAL, "the agent was deleted")
+            await self._close(WS_CLOSE_NORMAL, "the agent was deleted, or the key revoked")
 
     async def _close_slow_consumer(self) -> None:
         log.warning(

@@ -7,12 +7,11 @@ rather than an unexplained close.
 
 from __future__ import annotations
 
-import functools
 import re
 
 from fastapi import APIRouter, WebSocket
 
-from forge.api.auth import SUBPROTOCOL, caller_of
+from forge.api.auth import SUBPROTOCOL, caller_of, stream_over
 from forge.api.errors import error_response
 from forge.api.streams import WebSocketStream
 from forge.core.errors import ForgeError, InvalidRequest
@@ -63,6 +62,6 @@ async def agent_stream(websocket: WebSocket, agent_id: str) -> None:
         agent_id,
         after=after,
         send_timeout=platform.settings.websocket.send_timeout_seconds,
-        agent_gone=functools.partial(platform.agents.is_deleted, agent_id),
+        agent_gone=stream_over(platform, agent_id, caller_of(websocket)),
     )
     await stream.run()

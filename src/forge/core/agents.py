@@ -303,6 +303,8 @@ class AgentService:
         self.profiles.check_runnable(profile)
         source: RepoSource | None = None
         if body.repo is not None:
+            await self._check_repo_allowed(body.repo)
+            await self._check_base_ref_owned(body.base_ref, owner_id)
             source = await self.worktrees.resolve(body.repo, body.base_ref)
             await check_worktree_limit(self.settings, self.db, self.pool)
         elif body.base_ref is not None:
@@ -354,6 +356,48 @@ class AgentService:
             with contextlib.suppress(Exception):
                 await asyncio.shield(task)
         return await self.get(agent_id, None)
+
+    async def _check_repo_allowed(self, repo: str) -> None:
+        """A repository under `[worktrees] allowed_repo_roots` (when set), never in Forge's
+        own data (its database, the worktrees of other agents)."""
+        if not Path(repo).is_absolute():
+            return  # `resolve` says what is wrong with it
+        roots = self.settings.worktrees.allowed_repo_roots
+
+        def where() -> tuple[bool, bool]:
+            real = Path(repo).resolve()
+            forbidden = (self.settings.data_dir, self.settings.worktree_base)
+            inside_forge = any(real.is_relative_to(p.resolve()) for p in forbidden)
+            allowed = not roots or any(
+                real.is_relative_to(Path(root).expanduser().resolve()) for root in roots
+            )
+            return inside_forge, allowed
+
+        inside_forge, allowed = await asyncio.to_thread(where)
+        if inside_forge:
+            raise InvalidRequest(
+                "repo must not be inside Forge's data directory or worktrees", code="invalid_repo"
+            )
+        if not allowed:
+            raise InvalidRequest(
+                "repo must be under one of the directories in [worktrees] allowed_repo_roots: "
+                + ", ".join(roots),
+                code="invalid_repo",
+            )
+
+    async def _check_base_ref_owned(self, base_ref: str | None, owner_id: str) -> None:
+        """Another owner's session branch (`forge/<agent_id>`) answers as if it did not exist."""
+        if not base_ref or "forge/" not in base_ref:
+            return
+        named = base_ref.split("forge/", 1)[1].split("~")[0].split("^")[0].split("/")[0]
+        async with self.db.read() as session:
+            owner = await session.scalar(select(AgentRow.owner_id).where(AgentRow.id == named))
+        if owner != owner_id:
+            raise InvalidRequest(
+                f"base_ref {base_ref!r} does not name a commit you can branch from: "
+                "no such branch, tag or commit",
+                code="invalid_base_ref",
+            )
 
     async def get(self, agent_id: str, owner_id: str | None) -> Agent:
         row = await self._agent_row(agent_id, owner_id)
@@ -716,13 +760,13 @@ class AgentService:
             row = await session.get(AgentRow, agent_id)
         return row is None or row.deleted_at is not None
 
-    async def status_counts(self) -> dict[str, int]:
+    async def status_counts(self, owner_id: str | None = None) -> dict[str, int]:
+        """Agents by status (of `owner_id`, if given)."""
+        query = select(AgentRow.status, func.count()).where(AgentRow.deleted_at.is_(None))
+        if owner_id is not None:
+            query = query.where(AgentRow.owner_id == owner_id)
         async with self.db.read() as session:
-            rows = await session.execute(
-                select(AgentRow.status, func.count())
-                .where(AgentRow.deleted_at.is_(None))
-                .group_by(AgentRow.status)
-            )
+            rows = await session.execute(query.group_by(AgentRow.status))
             counts = {status: int(n) for status, n in rows}
         counts["total"] = sum(counts.values())
         return counts

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ from forge.store.tables import ApiKeyRow, utcnow
 
 KEY_PREFIX = "fk_"
 KEY_ID_PATTERN = r"^key_[0-9a-z]{26}$"
+_ID_BODY = re.compile(r"^[0-9a-z]{26}$")
 # Cached lookups, at most; the cache is emptied when it grows past this.
 _CACHE_LIMIT = 10_000
 
@@ -112,7 +114,7 @@ def _split(token: str) -> tuple[str, str] | None:
     if not token.startswith(KEY_PREFIX):
         return None
     parts = token[len(KEY_PREFIX) :].split("_")
-    if len(parts) != 2 or len(parts[0]) != 26 or not parts[1]:
+    if len(parts) != 2 or not _ID_BODY.match(parts[0]) or not parts[1]:
         return None
     return f"key_{parts[0]}", parts[1]
 
@@ -134,12 +136,15 @@ class ApiKeyService:
         self.db = db
         self.settings = settings
         admin = settings.admin_key.get_secret_value() if settings.admin_key else None
-        self._admin = admin.encode() if admin else None
+        # Digests are compared, so the comparison takes as long whatever the length presented.
+        self._admin = hashlib.sha256(admin.encode()).digest() if admin else None
         self._cache: dict[str, _Cached] = {}
+        # Revoked here: refused whatever a lookup that raced with the revocation cached.
+        self._revoked: set[str] = set()
 
     async def authenticate(self, token: str) -> Caller | None:
         """The caller `token` stands for, or None if it is no valid key."""
-        presented = token.encode()
+        presented = hashlib.sha256(token.encode()).digest()
         # Always compared, so an owner's key takes as long to check as the admin's.
         is_admin = self._admin is not None and hmac.compare_digest(presented, self._admin)
         if is_admin:
@@ -148,6 +153,8 @@ class ApiKeyService:
         if split is None:
             return None
         key_id, secret = split
+        if key_id in self._revoked:
+            return None
         row = await self._lookup(key_id)
         if row is None:
             return None
@@ -155,6 +162,16 @@ class ApiKeyService:
         if not hmac.compare_digest(_hash(secret).encode(), secret_hash.encode()) or revoked:
             return None
         return Caller(key_id=key_id, owner_id=owner)
+
+    async def still_valid(self, caller: Caller) -> bool:
+        """Whether the key `caller` authenticated with still works (for long-lived streams;
+        the admin key and auth turned off always do)."""
+        if not caller.key_id.startswith("key_"):
+            return True
+        if caller.key_id in self._revoked:
+            return False
+        row = await self._lookup(caller.key_id)
+        return row is not None and not row[2]
 
     async def _lookup(self, key_id: str) -> tuple[str, str, bool] | None:
         now = time.monotonic()
@@ -169,7 +186,10 @@ class ApiKeyService:
                 else None
             )
         if len(self._cache) >= _CACHE_LIMIT:
-            self._cache.clear()
+            # Unknown ids go first: a flood of made-up keys must not push out the real ones.
+            self._cache = {k: v for k, v in self._cache.items() if v.row is not None}
+            if len(self._cache) >= _CACHE_LIMIT:
+                self._cache.clear()
         self._cache[key_id] = _Cached(at=now, row=row)
         return row
 
@@ -208,5 +228,6 @@ class ApiKeyService:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             key = _public(row)
+        self._revoked.add(key_id)
         self._cache.pop(key_id, None)
         return key

@@ -4,8 +4,8 @@ Replicas share nothing but the database. A change one replica makes that another
 written to the database first, then announced with `NOTIFY` (sent when the writing transaction
 commits, so a listener always finds the change):
 
-- `forge_events`, payload `<agent_id>:<last_seq>`: an agent's log grew; live streams on every
-  replica wake and read the log.
+- `forge_events`, payload `<replica_id> <agent_id> <last_seq>`: an agent's log grew; live
+  streams on the other replicas wake and read the log.
 - `forge_agents`, payload `<agent_id>`: something the agent's supervising replica must act on
   (a queued run, an interrupt, a permission answer, a delete or stop).
 

@@ -172,8 +172,11 @@ class EventLog:
         *,
         on_outbox: Callable[[], None] | None = None,
         redactor: SecretRedactor | None = None,
+        origin: str = "",
     ) -> None:
         self.db = db
+        # This replica's id, in its announcements (so it can ignore its own).
+        self.origin = origin
         self.bus = bus
         self._on_outbox = on_outbox or (lambda: None)
         self._redactor = redactor if redactor else None
@@ -301,7 +304,7 @@ class EventLog:
                 )
             if sealed:
                 # Subscribers on the other replicas (sent on commit; PostgreSQL only).
-                await notify(conn, EVENTS_CHANNEL, f"{agent_id}:{seq}")
+                await notify(conn, EVENTS_CHANNEL, f"{self.origin} {agent_id} {seq}")
         if sealed:
             self.bus.publish(
                 agent_id,

@@ -44,7 +44,11 @@ class Platform:
         profiles = ProfileCatalog(settings)
         self.redactor = SecretRedactor(secret_values(settings, profiles))
         self.eventlog = EventLog(
-            self.db, self.bus, on_outbox=self.dispatcher.wake, redactor=self.redactor
+            self.db,
+            self.bus,
+            on_outbox=self.dispatcher.wake,
+            redactor=self.redactor,
+            origin=self.cluster.replica_id,
         )
         self.agents = AgentService(
             settings=settings,
@@ -96,10 +100,11 @@ class Platform:
         await self.db.close()
 
     def _events_elsewhere(self, payload: str) -> None:
-        """`<agent_id>:<last_seq>` from a replica's append: wake this replica's subscribers
-        (they read the log) and dispatcher (the append may have written deliveries)."""
-        agent_id, _, seq = payload.rpartition(":")
-        if agent_id and seq.isdigit():
+        """`<replica> <agent_id> <last_seq>` from another replica's append: wake this replica's
+        subscribers (they read the log) and dispatcher (the append may have written
+        deliveries). This replica's own appends woke them already."""
+        origin, agent_id, seq = [*payload.split(" "), "", "", ""][:3]
+        if origin != self.cluster.replica_id and agent_id and seq.isdigit():
             self.bus.publish(agent_id, int(seq))
             self.dispatcher.wake()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from forge.api.ratelimit import RateLimiter
 
 
@@ -29,3 +31,21 @@ def test_a_slow_rate_says_how_long_to_wait() -> None:
 def test_zero_means_no_limit() -> None:
     limiter = RateLimiter(per_minute=0, burst=1)
     assert all(limiter.wait_seconds("a", now=0.0) == 0 for _ in range(1000))
+
+
+def test_peeking_takes_nothing_and_idle_buckets_are_forgotten(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    limiter = RateLimiter(per_minute=60, burst=2)
+    assert limiter.peek_seconds("a", now=0.0) == 0  # no bucket yet
+    assert [limiter.wait_seconds("a", now=0.0) for _ in range(2)] == [0, 0]
+    assert limiter.peek_seconds("a", now=0.0) == 1
+    assert limiter.peek_seconds("a", now=0.0) == 1  # peeking did not spend
+    assert limiter.peek_seconds("a", now=1.0) == 0
+
+    monkeypatch.setattr("forge.api.ratelimit.MAX_BUCKETS", 3)
+    for key in ("b", "c", "d"):
+        limiter.wait_seconds(key, now=100.0)
+    # Full again by now: forgotten to make room, and a new key is as good as one of them.
+    limiter.wait_seconds("e", now=200.0)
+    assert len(limiter._buckets) <= 3

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from forge.config import AuthSettings, Settings
-from forge.core.auth import ADMIN, ApiKeyCreate, ApiKeyService, Caller
+from forge.core.auth import ADMIN, ApiKeyCreate, ApiKeyService, Caller, _Cached
 from forge.core.errors import Forbidden, InvalidRequest, NotFound
 from forge.store.db import Database
 from forge.store.tables import ApiKeyRow
@@ -62,12 +64,48 @@ async def test_wrong_forged_and_revoked_keys_are_refused(db: Database) -> None:
         await keys.revoke("key_" + "0" * 26)
 
 
-async def test_a_revocation_by_another_replica_counts_after_the_cache_time(db: Database) -> None:
-    here, there = service(db, key_cache_seconds=0), service(db)
+async def test_a_revocation_by_another_replica_counts_after_the_cache_time(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    clock = [1000.0]
+    monkeypatch.setattr("forge.core.auth.time.monotonic", lambda: clock[0])
+    here, there = service(db, key_cache_seconds=10), service(db)
     created = await here.create(ApiKeyCreate(owner_id="alice"))
-    assert await here.authenticate(created.key) is not None
+    caller = await here.authenticate(created.key)
+    assert caller is not None
     await there.revoke(created.key_id)
+    # Within the cache time this replica still trusts what it read ...
+    clock[0] += 9
+    assert await here.authenticate(created.key) == caller
+    assert await here.still_valid(caller)
+    # ... and no longer after it.
+    clock[0] += 2
     assert await here.authenticate(created.key) is None
+    assert not await here.still_valid(caller)
+    assert await there.still_valid(ADMIN)
+
+
+async def test_a_lookup_racing_a_revocation_cannot_bring_the_key_back(db: Database) -> None:
+    keys = service(db, key_cache_seconds=60)
+    created = await keys.create(ApiKeyCreate(owner_id="alice"))
+    stale = await keys._lookup(created.key_id)  # read before the revocation commits
+    await keys.revoke(created.key_id)
+    keys._cache[created.key_id] = _Cached(at=time.monotonic(), row=stale)
+    assert await keys.authenticate(created.key) is None
+
+
+async def test_made_up_key_ids_do_not_push_real_keys_out_of_the_cache(
+    db: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("forge.core.auth._CACHE_LIMIT", 5)
+    keys = service(db, key_cache_seconds=600)
+    created = await keys.create(ApiKeyCreate(owner_id="alice"))
+    assert await keys.authenticate(created.key) is not None
+    for n in range(20):
+        assert await keys.authenticate(f"fk_{n:026d}_{'0' * 64}") is None
+    assert created.key_id in keys._cache
+    # Not even looked up: an id that cannot be one.
+    assert await keys.authenticate("fk_" + "Z" * 26 + "_secret") is None
 
 
 def test_an_owner_key_acts_for_its_owner_only() -> None:
@@ -110,3 +148,8 @@ def test_auth_settings_come_from_the_documented_environment_names(
     monkeypatch.setenv("FORGE_API_KEY", "short")
     with pytest.raises(ValueError, match="at least 24 characters"):
         Settings()
+
+    # A key read from a file or Secret with its newline is the key without it.
+    monkeypatch.setenv("FORGE_API_KEY", ADMIN_KEY + "\n")
+    key = Settings().auth.admin_key
+    assert key is not None and key.get_secret_value() == ADMIN_KEY

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
@@ -13,7 +14,14 @@ from forge.store.tables import Base
 target_metadata = Base.metadata
 
 
+# Replicas starting together over one PostgreSQL database migrate one at a time.
+_MIGRATION_LOCK = 0x666F726765  # "forge"
+
+
 def _run(connection: Connection) -> None:
+    if connection.dialect.name == "postgresql":
+        # Session-level: held until this connection closes, across the migration's commit.
+        connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": _MIGRATION_LOCK})
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
