@@ -197,3 +197,40 @@ def test_concurrent_work_over_both_replicas_keeps_every_seq_and_run_once_within_
         most = max(most, running)
     assert most <= limit
     assert most >= 2  # they did run side by side, so the limit was what held them
+
+
+def test_an_interrupt_sent_to_the_other_replica_reaches_the_runner(
+    pg_url: str, forge_server: Any, tmp_path: Path
+) -> None:
+    a, b = two_replicas(forge_server, tmp_path, replica_config(pg_url, ticks=200))
+    agent_id = a.create_agent(profile="ticker")["id"]
+    reply = a.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "go"})
+    request_id = reply.json()["request_id"]
+    wait_for(lambda: any(t.startswith("tick") for t in texts(a.history(agent_id))))
+    # B does not supervise the agent: it records the interrupt and tells A, which sends it.
+    interrupted = b.http.post(f"/api/v1/agents/{agent_id}/interrupt", json={})
+    assert interrupted.status_code == 202, interrupted.text
+    run = b.wait_final(agent_id, request_id, timeout=30)
+    assert run[-1]["outcome"] == "interrupted"
+    assert len([t for t in texts(run) if t.startswith("tick")]) < 200
+
+
+def test_a_replica_with_a_fixed_id_takes_its_agents_back_when_restarted(
+    pg_url: str, forge_server: Any, tmp_path: Path
+) -> None:
+    config = replica_config(pg_url, ticks=60).replace(
+        "lease_seconds = 3", 'lease_seconds = 600\nreplica_id = "forge-0"'
+    )
+    server: ForgeServer = forge_server(config, data_dir=tmp_path / "shared-data")
+    agent_id = server.create_agent(profile="ticker")["id"]
+    reply = server.http.post(f"/api/v1/agents/{agent_id}/messages", json={"content": "go"})
+    request_id = reply.json()["request_id"]
+    wait_for(lambda: any(t.startswith("tick") for t in texts(server.history(agent_id))))
+    server.stop(signal.SIGKILL)
+    # Its leases would last ten minutes: only taking back its own lets the run end now.
+    server.start()
+    run = server.wait_final(agent_id, request_id, timeout=60)
+    assert run[-1]["outcome"] == "succeeded"
+    events = server.history(agent_id)
+    assert_gapless(events)
+    assert [t for t in texts(events) if t.startswith("tick")] == [f"tick {i}" for i in range(1, 61)]

@@ -70,6 +70,8 @@ from forge.workspace.worktrees import (
 log = logging.getLogger(__name__)
 
 ACTIVE_STATUSES = ("provisioning", "ready", "running")
+# Agents adopted per transaction.
+ADOPT_BATCH = 200
 
 
 # The setup run's request id is this prefix + the agent id; it goes before any message.
@@ -120,7 +122,7 @@ class AgentService:
         no live replica supervises (reattach runners, resume provisioning), then keep their
         leases."""
         # SQLite has one replica: every lease left in the database is a previous process's.
-        await self._adopt_agents(everything=self.db.is_sqlite)
+        await self._adopt_agents(starting=True)
         leases = asyncio.create_task(self._keep_leases(), name="leases")
         self._background.add(leases)
         leases.add_done_callback(self._background.discard)
@@ -218,42 +220,68 @@ class AgentService:
                 if link is not None:
                     await link.close()
 
-    async def _adopt_agents(self, *, everything: bool = False) -> None:
+    async def _adopt_agents(self, *, starting: bool = False) -> None:
         """Take the lease of active agents no live replica supervises and pick each up: resume
         its provisioning, reattach to its runner (its unacknowledged events and running run
-        come with it), or, runner gone, end its run with RUNNER_LOST."""
+        come with it), or, runner gone, end its run with RUNNER_LOST.
+
+        `starting`: also this replica's own leases (a restart under a fixed `replica_id`), and
+        on SQLite, which has one replica, every lease (a previous process's)."""
+        after = ""
+        while True:
+            adopted = await self._take_leases(starting=starting, after=after)
+            for agent_id, status, raw in adopted:
+                if agent_id in self._links or agent_id in self._provisioning:
+                    continue
+                if status == "provisioning":
+                    log.info("adopting %s: resuming its provisioning", agent_id)
+                    self._start_provisioning(agent_id)
+                elif raw and await is_alive(self.runtime, Sandbox.from_json(raw)):
+                    log.info("adopting %s: reattaching to its runner", agent_id)
+                    self._attach(agent_id, Sandbox.from_json(raw))
+                    # Its supervisor may have died between a run's final event and making the
+                    # agent `ready` again: the replayed final event will not say so twice.
+                    await self._run_finished(agent_id, None)
+                else:
+                    await self._runner_lost(agent_id)
+            if adopted:
+                self.scheduler.kick()
+            if len(adopted) < ADOPT_BATCH:
+                return
+            after = adopted[-1][0]
+
+    async def _take_leases(self, *, starting: bool, after: str) -> list[tuple[str, str, Any]]:
         now = utcnow()
-        query = select(AgentRow).where(
+        query = select(AgentRow.id, AgentRow.status, AgentRow.sandbox).where(
             AgentRow.deleted_at.is_(None),
             AgentRow.status.in_(ACTIVE_STATUSES),
-            or_(AgentRow.lease_owner.is_(None), AgentRow.lease_owner != self.replica_id),
+            AgentRow.id > after,
         )
-        if not everything:
-            query = query.where(
-                or_(AgentRow.lease_owner.is_(None), AgentRow.lease_expires_at < now)
-            )
+        lapsed = or_(AgentRow.lease_owner.is_(None), AgentRow.lease_expires_at < now)
+        if not starting:
+            not_mine = or_(AgentRow.lease_owner.is_(None), AgentRow.lease_owner != self.replica_id)
+            query = query.where(lapsed, not_mine)
+        elif not self.db.is_sqlite:
+            query = query.where(or_(lapsed, AgentRow.lease_owner == self.replica_id))
+        # (Starting on SQLite, the one replica: every lease is a previous process's.)
         async with self.db.write() as session:
             rows = list(
-                await session.scalars(
-                    query.order_by(AgentRow.id).limit(200).with_for_update(skip_locked=True)
+                await session.execute(
+                    query.order_by(AgentRow.id).limit(ADOPT_BATCH).with_for_update(skip_locked=True)
                 )
             )
-            for row in rows:
-                row.lease_owner, row.lease_expires_at = self.replica_id, self._lease_until()
-            adopted = [(row.id, row.status, row.sandbox, row.lease_owner) for row in rows]
-        for agent_id, status, raw, _owner in adopted:
-            if agent_id in self._links or agent_id in self._provisioning:
-                continue
-            if status == "provisioning":
-                log.info("adopting %s: resuming its provisioning", agent_id)
-                self._start_provisioning(agent_id)
-            elif raw and await is_alive(self.runtime, Sandbox.from_json(raw)):
-                log.info("adopting %s: reattaching to its runner", agent_id)
-                self._attach(agent_id, Sandbox.from_json(raw))
-            else:
-                await self._runner_lost(agent_id)
-        if adopted:
-            self.scheduler.kick()
+            if rows:
+                # A Core update: taking a lease is no activity (`updated_at` stays).
+                await session.execute(
+                    update(AgentRow)
+                    .where(AgentRow.id.in_([row.id for row in rows]))
+                    .values(
+                        lease_owner=self.replica_id,
+                        lease_expires_at=self._lease_until(),
+                        updated_at=AgentRow.updated_at,
+                    )
+                )
+        return [(row.id, row.status, row.sandbox) for row in rows]
 
     async def _tell_supervisor(self, agent_id: str) -> None:
         """The agent's runs, interrupts, permission answers or state changed: if another replica
@@ -698,6 +726,9 @@ class AgentService:
         # while we end it.
         async with self.scheduler.dispatch_lock:
             async with self.db.write() as session:
+                # With every replica's scheduler: a queued run found here cannot be claimed
+                # before it is marked (claims skip marked runs), nor a claimed one look queued.
+                await serialize(session)
                 query = select(RunRow).where(
                     RunRow.agent_id == agent_id, RunRow.status.in_(("running", "queued"))
                 )
@@ -1159,7 +1190,15 @@ class AgentService:
     async def _end_runs(self, agent_id: str, status: str, reason: str, *, code: str | None) -> None:
         """Give every run of the agent in `status` its final event: `agent.error` with `code`,
         or `agent.complete` interrupted when `code` is None."""
-        async with self.db.read() as session:
+        async with self.db.write() as session:
+            if status == "queued":
+                # Marked first, with the schedulers held off: no replica starts them meanwhile.
+                await serialize(session)
+                await session.execute(
+                    update(RunRow)
+                    .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
+                    .values(interrupt_requested=True)
+                )
             request_ids = list(
                 await session.scalars(
                     select(RunRow.request_id)

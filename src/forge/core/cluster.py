@@ -39,6 +39,11 @@ EVENTS_CHANNEL = "forge_events"
 AGENTS_CHANNEL = "forge_agents"
 # How often a lost listening connection is retried.
 RECONNECT_SECONDS = 1.0
+# How often the listening connection is checked with a query: a connection dropped silently
+# (a firewall forgetting it) would otherwise lose announcements and locks unnoticed.
+PING_SECONDS = 10.0
+# A query on the listening connection taking longer means it is dead.
+QUERY_TIMEOUT_SECONDS = 5.0
 
 
 def default_replica_id() -> str:
@@ -132,7 +137,7 @@ class Cluster:
             if self._conn is None or self._conn.is_closed():
                 return False
             try:
-                got = bool(await self._conn.fetchval("SELECT pg_try_advisory_lock($1)", key))
+                got = bool(await self._query("SELECT pg_try_advisory_lock($1)", key))
             except Exception:
                 log.warning("could not take the lock %s", name, exc_info=True)
                 return False
@@ -150,7 +155,7 @@ class Cluster:
         async with self._conn_lock:
             if self._conn is not None and not self._conn.is_closed():
                 with contextlib.suppress(Exception):
-                    await self._conn.fetchval("SELECT pg_advisory_unlock($1)", key)
+                    await self._query("SELECT pg_advisory_unlock($1)", key)
 
     def holds(self, name: str) -> bool:
         return not self.enabled or lock_key(name) in self._held
@@ -175,12 +180,31 @@ class Cluster:
         except Exception:
             log.exception("handling %s %r failed", channel, payload)
 
+    async def _query(self, sql: str, *args: Any) -> Any:
+        """One query on the listening connection (`_conn_lock` held); a connection that does
+        not answer in time is closed, and `_watch` makes a new one."""
+        try:
+            return await asyncio.wait_for(self._conn.fetchval(sql, *args), QUERY_TIMEOUT_SECONDS)
+        except TimeoutError:
+            self._conn.terminate()
+            raise
+
     async def _watch(self) -> None:
-        """Make the connection again when it is lost; the locks it held went with it."""
+        """Check the connection now and then, and make it again when it is lost; the locks it
+        held went with it."""
+        last_ping = asyncio.get_running_loop().time()
         while True:
             await asyncio.sleep(RECONNECT_SECONDS)
             if self._conn is not None and not self._conn.is_closed():
-                continue
+                now = asyncio.get_running_loop().time()
+                if now - last_ping < PING_SECONDS:
+                    continue
+                last_ping = now
+                async with self._conn_lock:
+                    with contextlib.suppress(Exception):
+                        await self._query("SELECT 1")
+                if not self._conn.is_closed():
+                    continue
             if self._held:
                 log.warning("lost the cluster connection and with it %d locks", len(self._held))
             self._held.clear()

@@ -101,6 +101,8 @@ class Scheduler:
                 .join(AgentRow, AgentRow.id == RunRow.agent_id)
                 .where(
                     RunRow.status == "queued",
+                    # Being ended (interrupted before it started, its session stopped).
+                    RunRow.interrupt_requested.is_(False),
                     AgentRow.status == "ready",
                     AgentRow.deleted_at.is_(None),
                 )

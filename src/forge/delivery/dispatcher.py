@@ -367,6 +367,8 @@ class WebhookDispatcher:
             if stream not in self._streams and self._health.claim(url, stream, now):
                 chosen.append(head)
                 taken[url] += 1
+            elif self._locks is not None and not taken[url] and not self._sends_to(url):
+                await self._locks.unlock(_lock_name(url))
         if not chosen:
             return
         try:
@@ -374,6 +376,10 @@ class WebhookDispatcher:
         except BaseException:
             for head in chosen:
                 self._health.release(*_url_and_stream(head))
+            if self._locks is not None:
+                for url in {head.delivery.stream[0] for head in chosen}:
+                    if not self._sends_to(url):
+                        await self._locks.unlock(_lock_name(url))
             raise
         for index, head in enumerate(chosen):
             if self._stopping:
@@ -387,6 +393,9 @@ class WebhookDispatcher:
                 self._run_stream(head, self._wakes_at_scan),
                 name=f"webhook-stream:{_host(stream[0])}",
             )
+
+    def _sends_to(self, url: str) -> bool:
+        return any(stream[0] == url for stream in self._streams)
 
     def _due_at(self, when: float) -> None:
         """Note that a stream is due again at `when`, so the loop wakes then."""
@@ -428,7 +437,7 @@ class WebhookDispatcher:
             self._health.release(url, stream)
             self._streams.pop(stream, None)
             self._ended_during_scan.add(stream)
-            if self._locks is not None and not any(s[0] == url for s in self._streams):
+            if self._locks is not None and not self._sends_to(url):
                 # After the outcome was written (awaited above): the next replica to take the
                 # endpoint finds it.
                 await self._locks.unlock(_lock_name(url))
@@ -465,6 +474,9 @@ class WebhookDispatcher:
                 return written, delivery.next_attempt_at  # the scan loop comes back then
             if not self._health.claim(url, stream, started):
                 return written, None  # held; the scan loop comes back when it is not
+            if self._locks is not None and not self._locks.holds(_lock_name(url)):
+                # The lock went with a lost connection: another replica may have the endpoint.
+                return written, None
             queue.popleft()
             last = (delivery.seq, delivery.id)
             record = await self._attempt(delivery)
@@ -755,6 +767,8 @@ class EndpointLocks(Protocol):
     async def try_lock(self, name: str) -> bool: ...
 
     async def unlock(self, name: str) -> None: ...
+
+    def holds(self, name: str) -> bool: ...
 
 
 def _lock_name(url: str) -> str:
