@@ -250,9 +250,8 @@ def git(*args: str, cwd: Path) -> str:
     ).stdout
 
 
-@pytest.fixture
-def git_repo(tmp_path: Path) -> Path:
-    repo = tmp_path / "repo"
+def make_repository(repo: Path) -> Path:
+    """A new git repository at `repo` with one commit (`hello.txt`) on `main`."""
     repo.mkdir()
     git("init", "-q", "-b", "main", cwd=repo)
     git("config", "user.email", "test@example.com", cwd=repo)
@@ -261,6 +260,11 @@ def git_repo(tmp_path: Path) -> Path:
     git("add", ".", cwd=repo)
     git("commit", "-q", "-m", "initial", cwd=repo)
     return repo
+
+
+@pytest.fixture
+def git_repo(tmp_path: Path) -> Path:
+    return make_repository(tmp_path / "repo")
 
 
 @dataclass

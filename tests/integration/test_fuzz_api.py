@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.conftest import ForgeServer, git
+from tests.integration.conftest import ForgeServer, make_repository
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(600)]
 
@@ -80,21 +80,10 @@ class Seeded:
     task_id: str
 
 
-def _repository(path: Path) -> Path:
-    path.mkdir()
-    git("init", "-q", "-b", "main", cwd=path)
-    git("config", "user.email", "test@example.com", cwd=path)
-    git("config", "user.name", "Test", cwd=path)
-    (path / "hello.txt").write_text("hello\n")
-    git("add", ".", cwd=path)
-    git("commit", "-q", "-m", "initial", cwd=path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
     root = tmp_path_factory.mktemp("fuzz")
-    repo = _repository(root / "repo")
+    repo = make_repository(root / "repo")
     (root / "server").mkdir()
     server = ForgeServer(root / "server", SERVER_CONFIG, env={"FORGE_API_KEY": ADMIN_KEY})
     try:

@@ -15,7 +15,8 @@ from sqlalchemy import text, update
 from forge.core.eventlog import EventBus, EventLog
 from forge.core.events import EventDraft
 from forge.store.db import Database
-from forge.store.tables import AgentRow, RunRow, utcnow
+from forge.store.tables import RunRow, utcnow
+from tests.support.rows import agent_with_running_run
 
 
 def _event(request_id: str = "r1") -> EventDraft:
@@ -29,20 +30,7 @@ def _event(request_id: str = "r1") -> EventDraft:
 @pytest.fixture
 async def replicas(postgres_url: str) -> AsyncIterator[tuple[EventLog, EventLog]]:
     first, second = Database(postgres_url), Database(postgres_url)
-    async with first.write() as s:
-        s.add(AgentRow(id="ag_1", owner_id="o", profile="p", executor="command", status="ready"))
-        await s.flush()
-        s.add(
-            RunRow(
-                agent_id="ag_1",
-                request_id="r1",
-                owner_id="o",
-                prompt="hi",
-                body_hash="h",
-                status="running",
-                webhook_url="http://example.com/hook",
-            )
-        )
+    await agent_with_running_run(first)
     try:
         yield EventLog(first, EventBus()), EventLog(second, EventBus())
     finally:

@@ -24,6 +24,7 @@ from forge.core.redaction import (
 )
 from forge.store.db import Database
 from forge.store.tables import AgentRow, EventRow, PermissionRow, RunRow
+from tests.support.rows import agent_with_running_run
 
 SECRET = "sk-live-0123456789abcdef"
 QUOTED = 'pa"ss\\word-ünï'  # needs escaping inside JSON
@@ -141,25 +142,8 @@ def _files_holding(secret: str, folder: Path, pattern: str) -> list[Path]:
     return [path for path in folder.glob(pattern) if secret.encode() in path.read_bytes()]
 
 
-async def _agent_with_run(db: Database) -> None:
-    async with db.write() as s:
-        s.add(AgentRow(id="ag_1", owner_id="o", profile="p", executor="command", status="ready"))
-        await s.flush()
-        s.add(
-            RunRow(
-                agent_id="ag_1",
-                request_id="r1",
-                owner_id="o",
-                prompt="hi",
-                body_hash="h",
-                status="running",
-                webhook_url="http://example.com/hook",
-            )
-        )
-
-
 async def test_the_event_log_stores_no_secret(db: Database, tmp_path: Path) -> None:
-    await _agent_with_run(db)
+    await agent_with_running_run(db)
     bus = EventBus()
     log = EventLog(db, bus, redactor=SecretRedactor([SECRET]))
     drafts = [
@@ -211,7 +195,7 @@ async def test_the_event_log_stores_no_secret(db: Database, tmp_path: Path) -> N
 
 
 async def test_events_without_secrets_are_stored_as_they_are(db: Database) -> None:
-    await _agent_with_run(db)
+    await agent_with_running_run(db)
     log = EventLog(db, EventBus(), redactor=SecretRedactor([SECRET]))
     entry = {"kind": "assistant_message", "text": "nothing secret"}
     sealed = await log.append(
