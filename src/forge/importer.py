@@ -30,6 +30,7 @@ from typing import Any, cast
 from sqlalchemy import Table, insert, select
 
 from forge.core import ids
+from forge.core.eventlog import event_row
 from forge.core.events import EventDraft, Usage, utc_timestamp
 from forge.core.schemas import NAME_PATTERN
 from forge.executors import EXECUTOR_CLASSES
@@ -449,16 +450,8 @@ def _is_error(result: dict[str, Any]) -> bool:
 
 def _event_row(agent_id: str, seq: int, draft: EventDraft) -> dict[str, Any]:
     envelope = draft.seal(agent_id=agent_id, seq=seq, event_id=ids.event_id())
-    return {
-        "id": envelope.event_id,
-        "agent_id": agent_id,
-        "seq": seq,
-        "request_id": draft.request_id,
-        "event_type": draft.event_type,
-        "is_final": envelope.is_final,
-        "body": json.dumps(envelope.to_wire(), separators=(",", ":")),
-        "created_at": _time(draft.timestamp) or utcnow(),
-    }
+    body = json.dumps(envelope.to_wire(), separators=(",", ":"))
+    return event_row(envelope, draft, body, _time(draft.timestamp) or utcnow())
 
 
 # ---- values --------------------------------------------------------------------------------------

@@ -7,9 +7,13 @@ from forge.store.tables import AgentRow, RunRow
 
 
 async def agent_with_running_run(
-    db: Database, *, webhook_url: str | None = "http://example.com/hook"
+    db: Database,
+    *,
+    webhook_url: str | None = "http://example.com/hook",
+    webhook_secret: str | None = None,
 ) -> None:
-    """Agent `ag_1` (owner `o`) with run `r1` running, its events sent to `webhook_url`."""
+    """Agent `ag_1` (owner `o`) with run `r1` running, its events sent to `webhook_url`
+    (signed with `webhook_secret`)."""
     async with db.write() as s:
         s.add(AgentRow(id="ag_1", owner_id="o", profile="p", executor="command", status="ready"))
         await s.flush()
@@ -22,5 +26,6 @@ async def agent_with_running_run(
                 body_hash="h",
                 status="running",
                 webhook_url=webhook_url,
+                webhook_secret=webhook_secret,
             )
         )

@@ -1190,22 +1190,26 @@ class AgentService:
     async def _end_runs(self, agent_id: str, status: str, reason: str, *, code: str | None) -> None:
         """Give every run of the agent in `status` its final event: `agent.error` with `code`,
         or `agent.complete` interrupted when `code` is None."""
-        async with self.db.write() as session:
-            if status == "queued":
-                # Marked first, with the schedulers held off: no replica starts them meanwhile.
+        if status == "queued":
+            async with self.db.write() as session:
+                # Marked, with the schedulers held off: no replica starts them meanwhile.
                 await serialize(session)
-                await session.execute(
+                marked = await session.execute(
                     update(RunRow)
                     .where(RunRow.agent_id == agent_id, RunRow.status == "queued")
                     .values(interrupt_requested=True)
+                    .returning(RunRow.id, RunRow.request_id)
                 )
-            request_ids = list(
-                await session.scalars(
-                    select(RunRow.request_id)
-                    .where(RunRow.agent_id == agent_id, RunRow.status == status)
-                    .order_by(RunRow.id)
+                request_ids = [request_id for _, request_id in sorted(marked.all())]
+        else:
+            async with self.db.read() as session:
+                request_ids = list(
+                    await session.scalars(
+                        select(RunRow.request_id)
+                        .where(RunRow.agent_id == agent_id, RunRow.status == status)
+                        .order_by(RunRow.id)
+                    )
                 )
-            )
         if request_ids:
             await self.eventlog.append(agent_id, _final_drafts(request_ids, reason, code=code))
 

@@ -158,6 +158,22 @@ class _RunState:
     changes: dict[str, Any] = field(default_factory=dict)
 
 
+def event_row(
+    envelope: EventEnvelope, draft: EventDraft, body: str, created_at: datetime
+) -> dict[str, Any]:
+    """The `events` row of a sealed event; `body` is the envelope's JSON text."""
+    return {
+        "id": envelope.event_id,
+        "agent_id": envelope.agent_id,
+        "seq": envelope.seq,
+        "request_id": draft.request_id,
+        "event_type": draft.event_type,
+        "is_final": envelope.is_final,
+        "body": body,
+        "created_at": created_at,
+    }
+
+
 class EventLog:
     """Appends events to agents' logs and reads them back.
 
@@ -231,18 +247,7 @@ class EventLog:
                     draft = redactor.redact_draft(draft)
                     envelope = draft.seal(agent_id=agent_id, seq=seq, event_id=envelope.event_id)
                     body = json.dumps(envelope.to_wire(), separators=(",", ":"))
-                events.append(
-                    {
-                        "id": envelope.event_id,
-                        "agent_id": agent_id,
-                        "seq": seq,
-                        "request_id": draft.request_id,
-                        "event_type": draft.event_type,
-                        "is_final": envelope.is_final,
-                        "body": body,
-                        "created_at": now,
-                    }
-                )
+                events.append(event_row(envelope, draft, body, now))
                 if run is not None:
                     for endpoint in run.endpoints:
                         deliveries.append(

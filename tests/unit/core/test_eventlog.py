@@ -12,37 +12,11 @@ from forge.core.eventlog import EventBus, EventLog
 from forge.core.events import ErrorInfo, EventDraft, Usage
 from forge.store.db import Database
 from forge.store.tables import AgentRow, DeliveryRow, EventRow, RunRow
+from tests.support.rows import agent_with_running_run
 
 
 async def _agent_with_run(db: Database, webhook: str | None = "http://example.com/hook") -> None:
-    async with db.write() as s:
-        s.add(
-            AgentRow(
-                id="ag_1",
-                owner_id="o",
-                profile="p",
-                executor="command",
-                status="ready",
-                metadata_={},
-                last_seq=0,
-                runner_ack=0,
-            )
-        )
-        await s.flush()
-        s.add(
-            RunRow(
-                agent_id="ag_1",
-                request_id="r1",
-                owner_id="o",
-                prompt="hi",
-                body_hash="h",
-                status="running",
-                priority=0,
-                webhook_url=webhook,
-                webhook_secret="sec",
-                interrupt_requested=False,
-            )
-        )
+    await agent_with_running_run(db, webhook_url=webhook, webhook_secret="sec")
 
 
 def _event(seq: int = 0, request_id: str | None = "r1") -> EventDraft:

@@ -320,7 +320,9 @@ async def test_timeout_completes_timed_out(runner: RunnerProcess, client: Runner
     run = runner_pb2.Run(
         request_id="req_1",
         executor=command(f"echo $$ > {pid_file}; exec sleep 1000"),
-        timeout_seconds=1,
+        # Long enough for the shell to write its pid on a loaded machine (the suite runs on
+        # two workers), short enough to time out well before the sleep ends.
+        timeout_seconds=3,
     )
     await stream.send(runner_pb2.PlatformMessage(run=run))
     messages = await durable_until_final(stream, "req_1")
