@@ -295,6 +295,21 @@ class AgentFileSettings(BaseModel):
     dir: str = ""
 
 
+class NeuronSettings(BaseModel):
+    """`[neurons]`: the named, long-lived agents (docs/neurons.md). Definitions are Markdown
+    files (YAML front matter + the neuron's instructions) read at start from `dirs`, in order,
+    a later file winning on the same name; relative folders are taken from the directory
+    `forge serve` starts in (the project). The four examples Forge ships come first unless
+    `examples` is false."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dirs: list[str] = Field(default_factory=lambda: [".genie/neurons", ".forge/neurons"])
+    examples: bool = True
+    # The state document keeps the latest this many messages (older ones are removed).
+    max_messages: int = Field(default=200, ge=1, le=10_000)
+
+
 class AttachmentSettings(BaseModel):
     """`[attachments]`: files sent with messages."""
 
@@ -483,6 +498,7 @@ class Settings(BaseSettings):
     # FORGE, COMMAND).
     executors: dict[str, dict[str, ExecutorVariantSettings]] = Field(default_factory=dict)
     agent_files: AgentFileSettings = Field(default_factory=AgentFileSettings)
+    neurons: NeuronSettings = Field(default_factory=NeuronSettings)
 
     @model_validator(mode="before")
     @classmethod

@@ -19,12 +19,14 @@ from forge.api.auth import Authenticate, HideTokens
 from forge.api.errors import error_response, install_error_handlers
 from forge.api.keys import keys_router
 from forge.api.multipart import MESSAGES_PATH, MultipartMessages
+from forge.api.neurons import neurons_router, neurons_ws_router
 from forge.api.routes import health_router, router
 from forge.api.sessions import sessions_router
 from forge.api.worktrees import worktrees_router
 from forge.api.ws import ws_router
 from forge.config import Settings
 from forge.core.platform import Platform
+from forge.mcp.http import McpHttp
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -77,6 +79,7 @@ def _too_large(limit: int) -> str:
 
 def create_app(settings: Settings) -> FastAPI:
     """An app that starts a `Platform` for `settings` on startup and stops it on shutdown."""
+    mcp = McpHttp(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -84,7 +87,9 @@ def create_app(settings: Settings) -> FastAPI:
         await platform.start()
         app.state.platform = platform
         try:
-            yield
+            # MCP at /mcp (and on MCP_PORT, if set): its transport runs as long as the app.
+            async with mcp.running(platform):
+                yield
         finally:
             platform.begin_shutdown()
             await platform.stop()
@@ -111,8 +116,11 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(worktrees_router)
     app.include_router(sessions_router)
     app.include_router(ws_router)
+    app.include_router(neurons_router)
+    app.include_router(neurons_ws_router)
     app.include_router(keys_router)
     app.include_router(health_router)
+    app.router.routes.append(mcp.route())
     return app
 
 

@@ -12,6 +12,7 @@ from forge.core.auth import ApiKeyService
 from forge.core.cluster import AGENTS_CHANNEL, EVENTS_CHANNEL, Cluster
 from forge.core.deliveries import DeliveryService
 from forge.core.eventlog import EventBus, EventLog
+from forge.core.neurons import NeuronService, load_definitions
 from forge.core.profiles import ProfileCatalog
 from forge.core.redaction import SecretRedactor, secret_values
 from forge.core.sessions import SessionService
@@ -42,6 +43,7 @@ class Platform:
         self.cluster = Cluster(self.db, settings.cluster.replica_id)
         self.dispatcher = WebhookDispatcher(self.db, settings.webhooks, cluster=self.cluster)
         profiles = ProfileCatalog(settings)
+        neurons = load_definitions(settings.neurons, profiles)
         self.redactor = SecretRedactor(secret_values(settings, profiles))
         self.eventlog = EventLog(
             self.db,
@@ -62,6 +64,9 @@ class Platform:
         self.cluster.on(EVENTS_CHANNEL, self._events_elsewhere)
         self.cluster.on(AGENTS_CHANNEL, self.agents.agent_changed)
         self.cluster.on_reconnect(self._resync)
+        self.neurons = NeuronService(
+            settings.neurons, self.db, self.eventlog, self.bus, self.agents, neurons
+        )
         self.keys = ApiKeyService(self.db, settings.auth)
         self.sessions = SessionService(self.db)
         self.tasks = TaskService(self.db, self.agents)

@@ -146,6 +146,10 @@ class ProfileCatalog:
             source="executors",
         )
 
+    def register(self, profile: Profile) -> None:
+        """Add (or replace) a profile made elsewhere (a neuron's)."""
+        self._profiles[profile.name] = profile
+
     def names(self) -> list[str]:
         return sorted(self._profiles)
 
@@ -262,8 +266,9 @@ AGENT_FILE_KEYS = frozenset(
 )
 
 
-def parse_agent_file(text: str, default_name: str) -> dict[str, Any]:
-    """Profile fields from a Markdown agent file: front matter + body as `append_prompt`."""
+def parse_front_matter(text: str) -> tuple[dict[str, Any], str]:
+    """The YAML front matter (a mapping) and the body of a Markdown file; ValueError saying what
+    is wrong otherwise."""
     if not text.startswith("---"):
         raise ValueError("it does not start with YAML front matter (a '---' line)")
     parts = text.split("\n---", 1)
@@ -277,6 +282,12 @@ def parse_agent_file(text: str, default_name: str) -> dict[str, Any]:
         raise ValueError(f"its front matter is not valid YAML: {exc}") from exc
     if not isinstance(meta, dict):
         raise ValueError("its front matter must be a mapping")
+    return meta, body
+
+
+def parse_agent_file(text: str, default_name: str) -> dict[str, Any]:
+    """Profile fields from a Markdown agent file: front matter + body as `append_prompt`."""
+    meta, body = parse_front_matter(text)
     unknown = sorted(set(meta) - AGENT_FILE_KEYS)
     if unknown:
         raise ValueError(f"unknown front matter keys {unknown}; known: {sorted(AGENT_FILE_KEYS)}")

@@ -259,3 +259,17 @@ class ApiKeyRow(Base):
     secret_hash: Mapped[str] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class NeuronRow(Base):
+    """Which agent a neuron is for one owner and project: made on first use, kept after."""
+
+    __tablename__ = "neurons"
+
+    owner_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    # The repository the neuron works in ("" for none).
+    project: Mapped[str] = mapped_column(String(1024), primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    agent_id: Mapped[str] = mapped_column(ForeignKey("agents.id"), index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
