@@ -95,6 +95,10 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("GET", "/api/v1/tasks/{task_id}"): Case(404),
     ("POST", "/api/v1/keys"): Case(403, body={"owner_id": "bob"}),
     ("GET", "/api/v1/keys"): Case(403),
+    # Bob's own neuron (made by his message), never alice's.
+    ("GET", "/api/v1/neurons"): Case(200),
+    ("GET", "/api/v1/neurons/{name}"): Case(200),
+    ("POST", "/api/v1/neurons/{name}/messages"): Case(202, body={"content": "mine"}),
     ("DELETE", "/api/v1/keys/{key_id}"): Case(403),
     ("GET", "/health"): Case(200),
     ("GET", "/healthz"): Case(200),
@@ -135,14 +139,17 @@ def test_every_route_needs_a_key_and_another_owners_objects_are_not_found(
     deliveries = as_alice.get(f"/api/v1/agents/{agent['id']}/deliveries").json()["deliveries"]
     task = as_alice.post("/api/v1/tasks", json={"title": "t", "prompt": "p"})
     assert task.status_code == 201, task.text
+    neuron = as_alice.post("/api/v1/neurons/wish/messages", json={"content": "a wish"})
+    assert neuron.status_code == 202, neuron.text
     values = {
         "agent_id": agent["id"],
         "task_id": task.json()["task_id"],
         "delivery_id": deliveries[0]["id"],
         "permission_id": "perm_1",
         "key_id": alice["key_id"],
+        "name": "wish",
     }
-    alices = [agent["id"], values["task_id"], values["delivery_id"]]
+    alices = [agent["id"], values["task_id"], values["delivery_id"], neuron.json()["agent_id"]]
 
     takes_query = queries(server)
     assert set(takes_query) == set(ROUTES), "routes without a case: update ROUTES"
@@ -187,9 +194,10 @@ def test_every_route_needs_a_key_and_another_owners_objects_are_not_found(
             assert named.status_code == 403, where
             assert named.json()["error"] == "owner_mismatch"
 
-    # Bob's health shows his agents only; he cannot branch from alice's session branch.
-    assert as_bob.get("/health").json()["agents"].get("total", 0) == 0
-    assert as_alice.get("/health").json()["agents"]["total"] == 2
+    # Bob's health shows his agents only (his neuron's); he cannot branch from alice's session
+    # branch.
+    assert as_bob.get("/health").json()["agents"]["total"] == 1
+    assert as_alice.get("/health").json()["agents"]["total"] == 3
     branch = as_bob.post(
         "/api/v1/agents", json={"repo": str(git_repo), "base_ref": f"forge/{agent['id']}"}
     )
@@ -200,11 +208,15 @@ def test_every_route_needs_a_key_and_another_owners_objects_are_not_found(
     assert as_alice.get(f"/api/v1/tasks/{values['task_id']}").status_code == 200
     assert as_alice.get(f"/api/v1/sessions/{agent['id']}/diff").status_code == 200
     mine = as_alice.get("/api/v1/sessions").json()
-    assert [s["id"] for s in mine["sessions"]] == [task.json()["session_id"], agent["id"]]
+    assert [s["id"] for s in mine["sessions"]] == [
+        neuron.json()["agent_id"],
+        task.json()["session_id"],
+        agent["id"],
+    ]
     # The admin sees every owner's, or one owner's.
     admin = httpx.Client(base_url=server.base_url, headers=bearer(ADMIN_KEY), timeout=30)
-    assert admin.get("/api/v1/agents", params={"user_id": "alice"}).json()["total"] == 2
-    assert admin.get("/api/v1/agents", params={"user_id": "bob"}).json()["total"] == 0
+    assert admin.get("/api/v1/agents", params={"user_id": "alice"}).json()["total"] == 3
+    assert admin.get("/api/v1/agents", params={"user_id": "bob"}).json()["total"] == 1
     for client in (as_alice, as_bob, admin):
         client.close()
 

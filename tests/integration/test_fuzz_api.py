@@ -138,6 +138,8 @@ def test_schemathesis_finds_no_server_error_and_no_undeclared_answer(
         "SCHEMATHESIS_HOOKS": str(HOOKS),
         "FUZZ_AGENT_ID": seeded.agent_id,
         "FUZZ_TASK_ID": seeded.task_id,
+        # `fk_<id>_<secret>` is the key of row `key_<id>`.
+        "FUZZ_KEY_ID": "key_" + seeded.owner_key.split("_")[1],
         "FUZZ_OWNER": OWNER,
         "PATH": "/usr/bin:/bin",
         "NO_COLOR": "1",

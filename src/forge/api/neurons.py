@@ -95,36 +95,34 @@ def neuron_owner(caller: Caller, user_id: str | None) -> str:
     return owner
 
 
+async def _owner(caller: CallerOf, user_id: UserId = None) -> str:
+    return neuron_owner(caller, user_id)
+
+
+# Checked before the body, as `OwnerScope` is: naming another owner is a 403 whatever is sent.
+Owner = Annotated[str, Depends(_owner)]
+
+
 @neurons_router.get("/neurons", response_model=NeuronList)
-async def list_neurons(
-    request: Request, caller: CallerOf, user_id: UserId = None, project: Project = None
-) -> NeuronList:
-    return await platform_of(request).neurons.list_neurons(neuron_owner(caller, user_id), project)
+async def list_neurons(request: Request, owner: Owner, project: Project = None) -> NeuronList:
+    return await platform_of(request).neurons.list_neurons(owner, project)
 
 
 @neurons_router.get("/neurons/{name}", response_model=Neuron)
 async def get_neuron(
-    request: Request,
-    name: NeuronName,
-    caller: CallerOf,
-    user_id: UserId = None,
-    project: Project = None,
+    request: Request, name: NeuronName, owner: Owner, project: Project = None
 ) -> Neuron:
-    return await platform_of(request).neurons.get(name, neuron_owner(caller, user_id), project)
+    return await platform_of(request).neurons.get(name, owner, project)
 
 
 @neurons_router.post("/neurons/{name}/messages", status_code=202, response_model=NeuronAccepted)
 async def message_neuron(
-    request: Request,
-    name: NeuronName,
-    body: NeuronMessage,
-    caller: CallerOf,
-    user_id: UserId = None,
+    request: Request, name: NeuronName, body: NeuronMessage, owner: Owner
 ) -> NeuronAccepted:
     """Send the neuron a message: its agent for this owner and project is made on first use
     (and resumed when stopped). 202 at once; follow it on `WS /ws/neurons/{name}`."""
     return await platform_of(request).neurons.send(
-        name, owner_id=neuron_owner(caller, user_id), project=body.project, body=body.message()
+        name, owner_id=owner, project=body.project, body=body.message()
     )
 
 
