@@ -3,6 +3,7 @@ document over `WS /ws/neurons/{name}`, applied by a client with the `jsonpatch` 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import json
 import shlex
@@ -309,4 +310,12 @@ def test_bad_neuron_requests_get_clear_errors(
         connect(f"ws://127.0.0.1:{server.port}/ws/neurons/wish?user_id=alice&version=x")
     assert refused.value.response.status_code == 422
     assert b"version" in refused.value.response.body
+    # A message with attachments may be larger than other bodies, as an agent's may.
+    attachment = {"name": "big.bin", "content_base64": base64.b64encode(b"x" * 3_000_000).decode()}
+    big = server.http.post(
+        "/api/v1/neurons/wish/messages",
+        params={"user_id": "alice"},
+        json={"content": "see attached", "attachments": [attachment]},
+    )
+    assert big.status_code == 202, big.text
     assert server.http.get("/healthz").status_code == 200

@@ -23,6 +23,8 @@ from forge.api.errors import error_response
 from forge.core.schemas import MAX_ATTACHMENTS, MAX_MESSAGE_CHARS
 
 MESSAGES_PATH = re.compile(r"^/api/v1/agents/[^/]+/messages$")
+# Bodies that may carry attachments (base64 in JSON, or form data): the larger size limit.
+ATTACHMENT_PATHS = re.compile(r"^/api/v1/(agents|neurons)/[^/]+/messages$")
 _TEXT_FIELDS = ("content", "request_id", "webhook_url", "webhook_secret")
 # Browsers' plain forms too (without files).
 _FORM_TYPES = (b"multipart/form-data", b"application/x-www-form-urlencoded")
