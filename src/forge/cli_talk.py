@@ -1,0 +1,723 @@
+"""`forge talk NEURON`: a conversation with a neuron in the terminal.
+
+Each line typed is sent as a message (`POST /api/v1/neurons/{name}/messages`); while the neuron
+works, its state document arrives over `WS /ws/neurons/{name}` (a snapshot, then one RFC 6902
+operation a frame), is kept here by applying the operations, and what changed is printed:
+thinking, tool activity, assistant text, todos, and a footer when the run ends. A dropped
+connection resumes with `?version=<last version applied>`.
+
+Registered on the main app by `cli.py`'s `talk` command; imports nothing of `cli.py`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import sys
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+from urllib.parse import quote, urlencode
+
+import httpx
+import typer
+from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
+from websockets.sync.client import ClientConnection, connect
+
+from forge.cli_stream import auth_headers
+
+__all__ = ["Conversation", "PatchError", "TalkError", "apply_operation", "exchange", "talk"]
+
+# How long a lost stream is retried without a single frame before giving up.
+RECONNECT_FOR_SECONDS = 30.0
+# How long the first snapshot may take.
+FIRST_SNAPSHOT_SECONDS = 20.0
+# Statuses in which a neuron is not working on a run.
+RESTING = ("idle", "failed", "stopped")
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+class TalkError(Exception):
+    """Raised when the conversation cannot go on: the server cannot be reached, refuses the
+    stream, or the neuron is unknown (`code`, `message` as in the server's error body)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class PatchError(ValueError):
+    """Raised by `apply_operation` for an operation it cannot apply (unknown op, a path that
+    does not exist); the stream then starts again from a snapshot."""
+
+
+# ---- the state document ------------------------------------------------------------------------
+
+
+def _pointer(path: object) -> list[str]:
+    if not isinstance(path, str) or (path and not path.startswith("/")):
+        raise PatchError(f"not a JSON pointer: {path!r}")
+    return [t.replace("~1", "/").replace("~0", "~") for t in path.split("/")[1:]]
+
+
+def _index(token: str, size: int) -> int:
+    if not token.isdigit() or (token != "0" and token.startswith("0")) or int(token) >= size:
+        raise PatchError(f"no index {token!r} in a list of {size}")
+    return int(token)
+
+
+def _child(node: Any, token: str) -> Any:
+    if isinstance(node, dict):
+        if token not in node:
+            raise PatchError(f"no member {token!r}")
+        return node[token]
+    if isinstance(node, list):
+        return node[_index(token, len(node))]
+    raise PatchError(f"cannot descend into {type(node).__name__} at {token!r}")
+
+
+def apply_operation(document: Any, operation: Mapping[str, Any]) -> Any:
+    """Apply one RFC 6902 `add`, `replace` or `remove` to `document` in place and return the
+    document (a new one when the path is the root)."""
+    op = operation.get("op")
+    if op not in ("add", "replace", "remove"):
+        raise PatchError(f"unsupported operation {op!r}")
+    tokens = _pointer(operation.get("path"))
+    if op != "remove" and "value" not in operation:
+        raise PatchError(f"{op} without a value")
+    value = operation.get("value")
+    if not tokens:
+        if op == "remove":
+            raise PatchError("cannot remove the document")
+        return value
+    parent = document
+    for token in tokens[:-1]:
+        parent = _child(parent, token)
+    key = tokens[-1]
+    if isinstance(parent, dict):
+        if op != "add" and key not in parent:
+            raise PatchError(f"no member {key!r} to {op}")
+        if op == "remove":
+            del parent[key]
+        else:
+            parent[key] = value
+    elif isinstance(parent, list):
+        if op == "add":
+            parent.insert(len(parent) if key == "-" else _index(key, len(parent) + 1), value)
+        elif op == "replace":
+            parent[_index(key, len(parent))] = value
+        else:
+            del parent[_index(key, len(parent))]
+    else:
+        raise PatchError(f"cannot {op} inside {type(parent).__name__}")
+    return document
+
+
+# ---- the stream --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One frame as received, with the connection generation it came on."""
+
+    generation: int
+    body: dict[str, Any]
+
+
+class NeuronSocket:
+    """Reads `WS /ws/neurons/{name}` in a thread, across reconnections, into `frames`. After a
+    drop it resumes after the last version it received (`?version=`); `resync()` drops the
+    connection and starts again from a snapshot. A refusal (unknown neuron, bad key) or a
+    server unreachable for `RECONNECT_FOR_SECONDS` puts a `TalkError` in `frames` and ends."""
+
+    def __init__(self, base_url: str, name: str, params: Mapping[str, str]) -> None:
+        ws_base = "ws" + base_url.removeprefix("http") if base_url.startswith("http") else base_url
+        self.url = f"{ws_base}/ws/neurons/{quote(name, safe='')}"
+        self.params = dict(params)  # user_id, project
+        self.frames: queue.Queue[Frame | TalkError] = queue.Queue()
+        self._lock = threading.Lock()
+        self._generation = 0
+        self._resume: int | None = None
+        # The server resumes only on the same agent (a replaced one starts from a snapshot).
+        self._agent_id: str | None = None
+        self._ws: ClientConnection | None = None
+        self._lost_since: float | None = None
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="forge-talk-stream", daemon=True)
+
+    @property
+    def generation(self) -> int:
+        with self._lock:
+            return self._generation
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._drop()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5)
+
+    def resync(self) -> None:
+        """Forget the position and reconnect: the next frame is a snapshot."""
+        with self._lock:
+            self._generation += 1
+            self._resume = None
+        self._drop()
+
+    def _drop(self) -> None:
+        with self._lock:
+            ws = self._ws
+        if ws is not None:
+            ws.close()
+
+    def _address(self) -> tuple[str, int]:
+        with self._lock:
+            params = dict(self.params)
+            if self._resume is not None:
+                params["version"] = str(self._resume)
+                if self._agent_id:
+                    params["agent_id"] = self._agent_id
+            query = urlencode(params)
+            return (f"{self.url}?{query}" if query else self.url), self._generation
+
+    def _run(self) -> None:
+        backoff = 0.2
+        while not self._stopped.is_set():
+            url, generation = self._address()
+            try:
+                self._follow(url, generation)
+                reason = "the server closed the stream"
+            except InvalidStatus as exc:
+                status = exc.response.status_code
+                if status < 500 and status != 429:
+                    self.frames.put(_refusal(status, exc.response.body))
+                    return
+                reason = f"HTTP {status}"
+            except InvalidURI as exc:
+                self.frames.put(TalkError("bad_url", str(exc)))
+                return
+            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, ValueError) as exc:
+                reason = str(exc) or type(exc).__name__
+            if self._stopped.is_set():
+                return
+            now = time.monotonic()
+            if self._lost_since is None:
+                self._lost_since, backoff = now, 0.2
+            elif now - self._lost_since > RECONNECT_FOR_SECONDS:
+                where = self.url.split("?")[0]
+                self.frames.put(TalkError("stream_lost", f"cannot reach {where}: {reason}"))
+                return
+            self._stopped.wait(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    def _follow(self, url: str, generation: int) -> None:
+        with connect(
+            url, additional_headers=auth_headers(), open_timeout=10, max_size=MAX_FRAME_BYTES
+        ) as ws:
+            with self._lock:
+                self._ws = ws
+            try:
+                for message in ws:
+                    body = json.loads(message)
+                    self._lost_since = None
+                    with self._lock:
+                        if generation != self._generation:
+                            return  # resync() came while this one was opening
+                        if isinstance(body.get("version"), int):
+                            self._resume = body["version"]
+                        data = body.get("data")
+                        if body.get("source") == "snapshot" and isinstance(data, dict):
+                            self._agent_id = data.get("agent_id")
+                    self.frames.put(Frame(generation, body))
+            finally:
+                with self._lock:
+                    self._ws = None
+
+
+def _refusal(status: int, body: bytes | bytearray | None) -> TalkError:
+    try:
+        error = json.loads(body or b"")
+        return TalkError(str(error.get("error")), str(error.get("message")))
+    except (ValueError, AttributeError):
+        return TalkError(f"http_{status}", "the server refused the stream")
+
+
+# ---- what is shown -----------------------------------------------------------------------------
+
+TODO_MARKS = {"completed": "[x]", "in_progress": "[>]", "pending": "[ ]", "cancelled": "[-]"}
+
+
+@dataclass
+class Run:
+    """The run this conversation waits for."""
+
+    request_id: str
+    agent_id: str | None
+    usage_before: dict[str, Any]
+    # The event seq of the document when the message was sent.
+    seq_before: int = 0
+    # The neuron was seen working on it (or answering it): from then on, resting means done.
+    started: bool = False
+    interrupted: bool = False
+    # Ended without starting (a final event before any other, found in the log).
+    ended_unstarted: bool = False
+    # The number of ended runs (`usage.runs`) last looked at for that.
+    runs_checked: int = 0
+
+
+@dataclass
+class Renderer:
+    """Prints what changed in the state document while a run of ours is on; between runs it
+    only remembers what was there (`baseline`)."""
+
+    out: TextIO
+    shown: dict[str, Any] = field(default_factory=dict)
+    printed: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def echo(self, text: str, **style: Any) -> None:
+        typer.echo(typer.style(text, **style) if style else text, file=self.out)
+
+    def baseline(self, doc: dict[str, Any]) -> None:
+        for key in ("thinking", "activity", "todos", "files_changed", "error", "status"):
+            self.shown[key] = doc.get(key)
+        for i, message in enumerate(doc.get("messages") or []):
+            self.printed[_message_key(message, i)] = str(message.get("text") or "")
+
+    def changed(self, doc: dict[str, Any], path: str, run: Run) -> None:
+        """Print what the operation at `path` changed, if it belongs to `run`."""
+        tokens = path.split("/")[1:]
+        key = tokens[0] if tokens else ""
+        current = doc.get("request_id")
+        ours = current in (None, run.request_id)
+        if key == "messages" or not key:
+            self._messages(doc, tokens, run)
+        if not ours:
+            return
+        if key in ("thinking", "") and doc.get("thinking") != self.shown.get("thinking"):
+            self._thinking(str(doc.get("thinking") or ""))
+        if key in ("activity", "") and doc.get("activity") != self.shown.get("activity"):
+            self._activity(doc.get("activity"))
+        if key in ("todos", "") and doc.get("todos") != self.shown.get("todos"):
+            self._todos(doc.get("todos") or [])
+        if key in ("files_changed", ""):
+            self._files(doc.get("files_changed") or [])
+        if key in ("status", "") and doc.get("status") != self.shown.get("status"):
+            self.shown["status"] = doc.get("status")
+            if doc.get("status") == "waiting_permission":
+                self.echo("… waiting for a permission answer", fg=typer.colors.YELLOW)
+        if key in ("error", "") and doc.get("error") != self.shown.get("error"):
+            self.shown["error"] = doc.get("error")
+            if doc.get("error"):
+                self.echo(f"error: {doc['error']}", fg=typer.colors.RED)
+
+    def _messages(self, doc: dict[str, Any], tokens: list[str], run: Run) -> None:
+        messages = doc.get("messages") or []
+        if len(tokens) >= 2 and tokens[1] != "-" and tokens[1].isdigit():
+            indexes: Iterator[int] = iter([int(tokens[1])])
+        elif len(tokens) >= 2:
+            indexes = iter([len(messages) - 1])
+        else:
+            indexes = iter(range(len(messages)))  # the whole list, or a snapshot
+        for i in indexes:
+            if not 0 <= i < len(messages) or not isinstance(messages[i], dict):
+                continue
+            message = messages[i]
+            if message.get("request_id") == run.request_id:
+                run.started = True  # the user's message is added when the run starts
+            text = str(message.get("text") or "")
+            key = _message_key(message, i)
+            before = self.printed.get(key, "")
+            self.printed[key] = text
+            if message.get("role") != "assistant" or message.get("request_id") not in (
+                run.request_id,
+                None,
+            ):
+                continue
+            new = text[len(before) :] if text.startswith(before) else text
+            if new.strip():
+                self.echo(new.rstrip("\n"))
+
+    def _thinking(self, text: str) -> None:
+        before = str(self.shown.get("thinking") or "")
+        self.shown["thinking"] = text
+        new = text[len(before) :] if before and text.startswith(before) else text
+        for line in new.strip("\n").splitlines():
+            if line.strip():
+                self.echo(f"  {line}", dim=True, italic=True)
+
+    def _activity(self, activity: Any) -> None:
+        before = self.shown.get("activity")
+        self.shown["activity"] = activity
+        if not isinstance(activity, dict):
+            return
+        status = activity.get("status") or "running"
+        same_call = isinstance(before, dict) and all(
+            before.get(k) == activity.get(k) for k in ("tool", "detail")
+        )
+        if status == "success" and same_call:
+            return  # already shown when it started
+        detail = str(activity.get("detail") or "").strip().splitlines()[:1]
+        tool = activity.get("tool") or "tool"
+        line = f"→ {tool}: {detail[0]}" if detail else f"→ {tool}"
+        color = typer.colors.CYAN if status in ("running", "success") else typer.colors.RED
+        self.echo(f"{line} ({status})", fg=color)
+
+    def _todos(self, todos: list[Any]) -> None:
+        self.shown["todos"] = todos
+        if not todos:
+            return
+        self.echo("todos:", bold=True)
+        for todo in todos:
+            if isinstance(todo, dict):
+                mark = TODO_MARKS.get(str(todo.get("status")), "[ ]")
+                self.echo(f"  {mark} {todo.get('content')}")
+
+    def _files(self, files: list[Any]) -> None:
+        before = set(self.shown.get("files_changed") or [])
+        self.shown["files_changed"] = list(files)
+        for path in files:
+            if path not in before:
+                self.echo(f"  edited {path}", dim=True)
+
+    def footer(self, doc: dict[str, Any], run: Run) -> bool:
+        """Print the end of `run`; whether it succeeded."""
+        status = doc.get("status")
+        outcome = doc.get("outcome")
+        if isinstance(outcome, dict):
+            name = outcome.get("outcome") or outcome.get("status")
+            message = outcome.get("message") or ""
+        else:
+            name, message = outcome, ""
+        if not name:
+            name = "succeeded" if status == "idle" and not run.interrupted else str(status)
+        parts = [str(name)]
+        tokens = _usage_delta(run.usage_before, doc.get("usage") or {})
+        if tokens:
+            parts.append(tokens)
+        if message and name != "succeeded":
+            parts.append(str(message))
+        ok = name == "succeeded" and status == "idle"
+        color = typer.colors.GREEN if ok else typer.colors.RED
+        self.echo(f"── {' · '.join(parts)}", fg=color, dim=ok)
+        if not ok and doc.get("error") and doc.get("error") != self.shown.get("error"):
+            self.echo(f"error: {doc['error']}", fg=typer.colors.RED)
+        return ok
+
+
+def _message_key(message: dict[str, Any], index: int) -> tuple[str, int]:
+    seq = message.get("seq")
+    return (str(message.get("request_id")), seq if isinstance(seq, int) else -index - 1)
+
+
+def _usage_delta(before: dict[str, Any], after: dict[str, Any]) -> str:
+    def delta(name: str) -> float:
+        value = (after.get(name) or 0) - (before.get(name) or 0)
+        return float(value) if isinstance(value, int | float) else 0.0
+
+    spent_in, spent_out, cost = delta("input_tokens"), delta("output_tokens"), delta("cost_usd")
+    if not (spent_in or spent_out or cost):
+        return ""
+    text = f"{int(spent_in):,} in / {int(spent_out):,} out tokens"
+    return text + (f" · ${cost:.4f}" if cost else "")
+
+
+# ---- the conversation --------------------------------------------------------------------------
+
+
+class Conversation:
+    """One neuron, its stream and the local copy of its state document."""
+
+    def __init__(
+        self, base_url: str, name: str, project: str | None, owner: str | None, out: TextIO
+    ) -> None:
+        self.base_url = base_url
+        self.name = name
+        self.project = project
+        # With the admin key or auth off the server needs to know whose neuron this is.
+        self.params = {k: v for k, v in (("user_id", owner), ("project", project)) if v}
+        self.socket = NeuronSocket(base_url, name, self.params)
+        # Whether the last operation applied ended an event (`/seq` is each event's last).
+        self.at_event_end = True
+        self.doc: dict[str, Any] = {}
+        self.version: int | None = None
+        self.renderer = Renderer(out)
+
+    # -- HTTP --
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> Any:
+        """One request; an error answer or none at all raises `TalkError`. Neuron routes get
+        the owner and project (the latter in the body of a message)."""
+        url = f"{self.base_url}{path}"
+        if path.startswith("/api/v1/neurons"):
+            params = dict(self.params)
+            if method != "GET":
+                params.pop("project", None)
+        try:
+            response = httpx.request(
+                method, url, params=params, json=body, headers=auth_headers(), timeout=30
+            )
+        except httpx.HTTPError as exc:
+            raise TalkError("unreachable", f"cannot reach Forge at {url}: {exc}") from exc
+        if response.status_code >= 400:
+            try:
+                error = response.json()
+                raise TalkError(str(error.get("error")), str(error.get("message")))
+            except (ValueError, AttributeError):
+                raise TalkError(f"http_{response.status_code}", response.reason_phrase) from None
+        return response.json()
+
+    def describe(self) -> dict[str, Any]:
+        """The neuron (`GET /api/v1/neurons/{name}`); an unknown one names the known ones."""
+        try:
+            neuron: dict[str, Any] = self.call("GET", f"/api/v1/neurons/{quote(self.name)}")
+            return neuron
+        except TalkError as exc:
+            if exc.code == "unreachable" or not exc.code.endswith("not_found"):
+                raise
+            try:
+                names = [n["name"] for n in self.call("GET", "/api/v1/neurons")["neurons"]]
+            except (TalkError, KeyError, TypeError):
+                raise exc from None
+            known = ", ".join(names) if names else "none are configured ([neurons] dirs)"
+            raise TalkError(exc.code, f"unknown neuron {self.name!r}; known: {known}") from None
+
+    def send(self, text: str) -> dict[str, Any]:
+        body = {"content": text, "project": self.project}
+        accepted: dict[str, Any] = self.call(
+            "POST", f"/api/v1/neurons/{quote(self.name)}/messages", body
+        )
+        return accepted
+
+    def interrupt(self, agent_id: str | None) -> None:
+        agent_id = agent_id or self.doc.get("agent_id")
+        if agent_id:
+            self.call("POST", f"/api/v1/agents/{agent_id}/interrupt")
+
+    # -- the stream --
+
+    def start(self) -> None:
+        """Connect and wait for the first snapshot."""
+        self.socket.start()
+        deadline = time.monotonic() + FIRST_SNAPSHOT_SECONDS
+        while self.version is None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TalkError("stream_timeout", f"no snapshot from {self.socket.url}")
+            self.pump(min(left, 0.5), run=None)
+
+    def pump(self, timeout: float, run: Run | None) -> None:
+        """Apply the frames that arrive within `timeout` (at least one wait), printing what
+        changed for `run` (nothing without one)."""
+        try:
+            item = self.socket.frames.get(timeout=timeout)
+        except queue.Empty:
+            return
+        while True:
+            self._take(item, run)
+            try:
+                item = self.socket.frames.get_nowait()
+            except queue.Empty:
+                return
+
+    def _take(self, item: Frame | TalkError, run: Run | None) -> None:
+        if isinstance(item, TalkError):
+            raise item
+        if item.generation != self.socket.generation:
+            return  # from a connection given up for a snapshot
+        body = item.body
+        version = body.get("version")
+        if body.get("source") == "snapshot":
+            data = body.get("data")
+            if not isinstance(data, dict) or not isinstance(version, int):
+                self.socket.resync()
+                return
+            self.doc, self.version, self.at_event_end = data, version, True
+            if run is None:
+                self.renderer.baseline(self.doc)
+            else:
+                self.renderer.changed(self.doc, "", run)
+            self._note_run(run)
+            return
+        if self.version is None or not isinstance(version, int) or version <= self.version:
+            return  # before the snapshot, or seen already
+        operation = body.get("data")
+        if version != self.version + 1 or not isinstance(operation, dict):
+            self.socket.resync()  # a gap: start again from a snapshot
+            return
+        try:
+            doc = apply_operation(self.doc, operation)
+        except PatchError:
+            self.socket.resync()
+            return
+        if not isinstance(doc, dict):
+            self.socket.resync()
+            return
+        self.doc, self.version = doc, version
+        path = str(operation.get("path"))
+        self.at_event_end = path == "/seq"
+        if run is None:
+            self.renderer.baseline(self.doc)
+        else:
+            self.renderer.changed(self.doc, path, run)
+        self._note_run(run)
+
+    def _note_run(self, run: Run | None) -> None:
+        # Called after every operation, so every state the neuron passed through is seen.
+        if run is None:
+            return
+        working = self.doc.get("status") not in RESTING
+        if self.doc.get("request_id") == run.request_id and working:
+            run.started = True
+        outcome = self.doc.get("outcome")
+        if isinstance(outcome, dict) and outcome.get("request_id") == run.request_id:
+            run.started = True
+
+    def run_over(self, run: Run) -> bool:
+        """Whether `run` has ended: it was seen started, and after a whole event the neuron
+        rests again (or works on another run)."""
+        if run.ended_unstarted:
+            return True
+        if not self.at_event_end:
+            return False
+        if not run.started:
+            self._check_unstarted(run)
+            return run.ended_unstarted
+        current = self.doc.get("request_id")
+        return self.doc.get("status") in RESTING or current not in (None, run.request_id)
+
+    def _check_unstarted(self, run: Run) -> None:
+        """A run that ends before it starts (its agent failed, it was cancelled) leaves no
+        trace in the document but an ended run in `usage.runs`: look for its final event."""
+        runs = (self.doc.get("usage") or {}).get("runs")
+        if not isinstance(runs, int) or runs <= run.runs_checked or not run.agent_id:
+            return
+        run.runs_checked = runs
+        after = run.seq_before
+        while True:
+            page = self.call(
+                "GET", f"/api/v1/agents/{run.agent_id}/events", params={"after": after}
+            )
+            for event in page.get("events") or []:
+                if event.get("request_id") == run.request_id and event.get("is_final"):
+                    run.ended_unstarted = True
+                    return
+            if not page.get("has_more"):
+                return
+            after = page["next_after"]
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def talk(
+    base_url: str,
+    name: str,
+    *,
+    project: str | None = None,
+    owner: str | None = None,
+    message: str | None = None,
+    lines: TextIO | None = None,
+    out: TextIO | None = None,
+) -> int:
+    """Talk to neuron `name`: one `message` (exit code 0 if its run succeeded), or every line
+    read (a prompt on a terminal); the exit code."""
+    source = lines or sys.stdin
+    out = out or sys.stdout
+    interactive = message is None and source.isatty()
+    conversation = Conversation(base_url, name, project, owner, out)
+    try:
+        neuron = conversation.describe()
+        conversation.start()
+        if interactive:
+            _greet(conversation, neuron)
+        if message is not None:
+            return 0 if exchange(conversation, message) else 1
+        for text in _inputs(source, interactive):
+            exchange(conversation, text)
+        return 0
+    except TalkError as exc:
+        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
+        if exc.code == "owner_required":
+            typer.echo("say whose neuron with --owner NAME or $FORGE_OWNER", err=True)
+        return 1
+    except (_Quit, KeyboardInterrupt):
+        typer.echo("", file=out)
+        return 130
+    finally:
+        conversation.close()
+
+
+class _Quit(Exception):
+    """A second Ctrl-C during a run."""
+
+
+def _greet(conversation: Conversation, neuron: dict[str, Any]) -> None:
+    description = f" — {neuron['description']}" if neuron.get("description") else ""
+    where = f" in {conversation.project}" if conversation.project else ""
+    conversation.renderer.echo(f"{neuron.get('name', conversation.name)}{description}{where}")
+    conversation.renderer.echo("Type a message; `exit` or Ctrl-D leaves.", dim=True)
+
+
+def _inputs(source: TextIO, interactive: bool) -> Iterator[str]:
+    if interactive:
+        with contextlib.suppress(ImportError):
+            import readline  # noqa: F401 - line editing and history for input()
+    while True:
+        try:
+            if interactive:
+                text = input("you> ")
+            else:
+                text = source.readline()
+                if not text:
+                    return
+        except (EOFError, KeyboardInterrupt):
+            if interactive:
+                typer.echo("")
+            return
+        text = text.strip()
+        if text in ("exit", "quit"):
+            return
+        if text:
+            yield text
+
+
+def exchange(conversation: Conversation, text: str) -> bool:
+    """Send `text`, print the run live until it ends; whether it succeeded."""
+    conversation.pump(0, run=None)  # what happened while we were away: quietly
+    usage_before = dict(conversation.doc.get("usage") or {})
+    accepted = conversation.send(text)
+    run = Run(
+        accepted["request_id"],
+        accepted.get("agent_id") or conversation.doc.get("agent_id"),
+        usage_before,
+        seq_before=int(conversation.doc.get("seq") or 0),
+        runs_checked=int(usage_before.get("runs") or 0),
+    )
+    if accepted.get("status") == "queued":
+        conversation.renderer.echo("(queued)", dim=True)
+    while True:
+        try:
+            while not conversation.run_over(run):
+                conversation.pump(0.25, run)
+            return conversation.renderer.footer(conversation.doc, run)
+        except KeyboardInterrupt:
+            if run.interrupted:
+                raise _Quit() from None
+            run.interrupted = True
+            conversation.renderer.echo("\ninterrupting… (Ctrl-C again to quit)", dim=True)
+            try:
+                conversation.interrupt(run.agent_id)
+            except TalkError as exc:
+                typer.echo(f"error: {exc.code}: {exc.message}", err=True)
