@@ -417,6 +417,32 @@ def logs(
         raise typer.Exit(130) from None
 
 
+@app.command()
+def talk(
+    neuron: Annotated[str, typer.Argument(help="The neuron to talk to (wish, forge, ...).")],
+    project: Annotated[
+        Path | None, typer.Option(help="Repository the neuron works in (default: none).")
+    ] = None,
+    message: Annotated[
+        str | None,
+        typer.Option("--message", "-m", help="Send this one message, print the reply, exit."),
+    ] = None,
+    owner: Annotated[
+        str | None, typer.Option(help="Whose neuron (default: as for `forge run`).")
+    ] = None,
+    config: ConfigOption = None,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """Talk to a neuron: each line is a message; its thinking, tools and reply show live."""
+    from forge.cli_talk import talk as talk_to
+
+    where = str(project.resolve()) if project is not None else None
+    base = _base_url(config, base_url)
+    raise typer.Exit(
+        talk_to(base, neuron, project=where, owner=owner or _default_owner(), message=message)
+    )
+
+
 # ---- server status -----------------------------------------------------------------------------
 
 ACTIVE_STATUSES = ("running", "queued", "provisioning")
@@ -470,6 +496,31 @@ def _duration(seconds: float) -> str:
     minutes, secs = divmod(int(seconds), 60)
     hours, minutes = divmod(minutes, 60)
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+@app.command("mcp")
+def mcp_stdio(
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="Owner of new tasks, and whose neurons, when a tool call names none (default: "
+            "$FORGE_OWNER; else your key's owner with FORGE_API_KEY, or your login without)."
+        ),
+    ] = None,
+    config: ConfigOption = None,
+    base_url: BaseUrlOption = None,
+) -> None:
+    """Serve MCP over stdio for a local client (Claude Code, an IDE...): its tools act on the
+    running Forge server, with the key in FORGE_API_KEY. See docs/mcp.md."""
+    import asyncio
+
+    from forge.mcp.stdio import serve_stdio
+
+    base = _base_url(config, base_url)
+    default_owner = owner or _default_owner()
+    # stdout carries the protocol: anything logged goes to stderr.
+    logging.basicConfig(level=logging.WARNING, format="forge mcp: %(levelname)s %(message)s")
+    asyncio.run(serve_stdio(base, auth_headers(), default_owner=default_owner))
 
 
 # ---- sessions ----------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ from forge import __version__
 from forge.api.auth import Authenticate, HideTokens
 from forge.api.errors import error_response, install_error_handlers
 from forge.api.keys import keys_router
-from forge.api.multipart import MESSAGES_PATH, MultipartMessages
+from forge.api.multipart import ATTACHMENT_PATHS, MultipartMessages
 from forge.api.neurons import neurons_router, neurons_ws_router
 from forge.api.routes import health_router, router
 from forge.api.sessions import sessions_router
@@ -48,7 +48,7 @@ class BodySizeLimit:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        limit = self.message_max_bytes if MESSAGES_PATH.match(scope["path"]) else self.max_bytes
+        limit = self.message_max_bytes if ATTACHMENT_PATHS.match(scope["path"]) else self.max_bytes
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
         if length is not None and (not length.isdigit() or int(length) > limit):
