@@ -137,6 +137,27 @@ def test_bad_input_is_refused_clearly_and_the_server_keeps_serving(
         422,
         "invalid_repo",
     )
+    # A NUL (which PostgreSQL cannot store) or another control character in a path or ref.
+    for field in ("repo", "base_ref"):
+        assert "control characters" in _error(
+            http.post("/api/v1/agents", json={"owner_id": "a", field: "/srv/re\x00po"}),
+            422,
+            "invalid_request",
+        )
+    assert "control characters" in _error(
+        http.post(
+            "/api/v1/tasks",
+            json={
+                "owner_id": "a",
+                "title": "t",
+                "prompt": "p",
+                "repo": str(git_repo),
+                "base_branch": "main\n",
+            },
+        ),
+        422,
+        "invalid_request",
+    )
     assert "no-such-branch" in _error(
         http.post(
             "/api/v1/agents",

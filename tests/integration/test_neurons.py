@@ -296,6 +296,15 @@ def test_bad_neuron_requests_get_clear_errors(
     assert "planner" in unknown.json()["message"]
     no_owner = server.http.get("/api/v1/neurons")
     assert no_owner.status_code == 422 and "user_id" in no_owner.json()["message"]
+    for project in ("relative/path", "/srv/re\x00po"):
+        refused_project = server.http.get(
+            "/api/v1/neurons/wish", params={"user_id": "alice", "project": project}
+        )
+        assert refused_project.status_code == 422, refused_project.text
+        assert refused_project.json()["error"] == "invalid_project"
+    with pytest.raises(InvalidStatus) as nul:
+        connect(f"ws://127.0.0.1:{server.port}/ws/neurons/wish?user_id=alice&project=/a%00b")
+    assert nul.value.response.status_code == 422
     relative = server.http.post(
         "/api/v1/neurons/wish/messages",
         params={"user_id": "alice"},
@@ -319,3 +328,80 @@ def test_bad_neuron_requests_get_clear_errors(
     )
     assert big.status_code == 202, big.text
     assert server.http.get("/healthz").status_code == 200
+
+
+def test_a_stream_moves_to_the_neurons_new_agent(
+    forge_server: Callable[..., ForgeServer], tmp_path: Path
+) -> None:
+    server = forge_server(extra_config=neuron_config(tmp_path))
+    client = PatchClient(server, "wish")
+    client.connect()
+    client.step()
+    first = client.agent_id
+    sent = server.http.post(
+        "/api/v1/neurons/wish/messages", params={"user_id": "alice"}, json={"content": "one"}
+    )
+    assert sent.status_code == 202, sent.text
+    client.until(lambda d: d["outcome"] == "succeeded")
+
+    # The agent is deleted: its stream ends, and the next message makes a new agent.
+    assert server.http.delete(f"/api/v1/agents/{first}").status_code == 204
+    with pytest.raises(ConnectionClosed) as closed:
+        client.until(lambda d: False, timeout=30)
+    assert closed.value.rcvd is not None and closed.value.rcvd.code == 1000
+    sent = server.http.post(
+        "/api/v1/neurons/wish/messages", params={"user_id": "alice"}, json={"content": "two"}
+    )
+    assert sent.status_code == 202 and sent.json()["agent_id"] != first
+
+    # Resuming with the old agent's version gets the new agent's document whole.
+    client.close()
+    client.connect()
+    assert client.step()["source"] == "snapshot"
+    assert client.agent_id == sent.json()["agent_id"] and client.snapshots == 2
+    client.until(lambda d: d["outcome"] == "succeeded")
+    assert [m["text"] for m in client.doc["messages"] if m["role"] == "user"] == ["two"]
+    client.close()
+
+
+def test_an_owner_reaches_only_their_own_neurons(
+    forge_server: Callable[..., ForgeServer], tmp_path: Path
+) -> None:
+    admin = "forge-admin-" + "n" * 32
+    server = forge_server(
+        extra_config=neuron_config(tmp_path) + "\n[auth]\nenabled = true\n",
+        env={"FORGE_API_KEY": admin},
+    )
+    keys = {}
+    for owner in ("alice", "bob"):
+        made = server.http.post(
+            "/api/v1/keys", json={"owner_id": owner}, headers={"Authorization": f"Bearer {admin}"}
+        )
+        assert made.status_code == 201, made.text
+        keys[owner] = made.json()["key"]
+    as_alice = {"Authorization": f"Bearer {keys['alice']}"}
+    as_bob = {"Authorization": f"Bearer {keys['bob']}"}
+    sent = server.http.post(
+        "/api/v1/neurons/wish/messages", json={"content": "x"}, headers=as_alice
+    )
+    assert sent.status_code == 202, sent.text
+    alices = sent.json()["agent_id"]
+
+    url = f"ws://127.0.0.1:{server.port}/ws/neurons/wish"
+    with pytest.raises(InvalidStatus) as anonymous:
+        connect(url)
+    assert anonymous.value.response.status_code == 401
+    with pytest.raises(InvalidStatus) as named:
+        connect(url + "?user_id=alice", additional_headers=as_bob)
+    assert named.value.response.status_code == 403
+    # Bob's own neuron is another agent; alice's stream is hers.
+    with connect(url, additional_headers=as_bob) as ws:
+        bobs = json.loads(ws.recv(timeout=20))["data"]
+    assert bobs["agent_id"] != alices and bobs["messages"] == []
+    with connect(url, additional_headers=as_alice) as ws:
+        assert json.loads(ws.recv(timeout=20))["data"]["agent_id"] == alices
+    # The admin names the owner.
+    with connect(
+        url + "?user_id=alice", additional_headers={"Authorization": f"Bearer {admin}"}
+    ) as ws:
+        assert json.loads(ws.recv(timeout=20))["data"]["agent_id"] == alices

@@ -27,21 +27,23 @@ from forge.api.streams import (
     WS_CLOSE_TOO_SLOW,
     follow_log,
 )
-from forge.core.auth import Caller
 from forge.core.errors import ForgeError, InvalidRequest
 from forge.core.eventlog import StoredEvent
 from forge.core.neurons import (
+    FOLD,
     MAX_PROJECT_CHARS,
     NEURON_NAME_PATTERN,
     Neuron,
     NeuronAccepted,
     NeuronList,
     NeuronMessage,
+    neuron_owner,
 )
 from forge.core.platform import Platform
 from forge.core.schemas import NAME_PATTERN, ErrorBody
 
 log = logging.getLogger(__name__)
+WS_CLOSE_INTERNAL_ERROR = 1011
 
 neurons_router = APIRouter(
     prefix="/api/v1",
@@ -81,18 +83,6 @@ Project = Annotated[
         description="Absolute path of the repository the neuron works in (none if absent).",
     ),
 ]
-
-
-def neuron_owner(caller: Caller, user_id: str | None) -> str:
-    """The owner a neuron request acts for."""
-    owner = caller.scope(user_id)
-    if owner is None:
-        raise InvalidRequest(
-            "user_id is required with the admin key (or with auth off): say whose neuron this "
-            "is, e.g. ?user_id=alice",
-            code="owner_required",
-        )
-    return owner
 
 
 async def _owner(caller: CallerOf, user_id: UserId = None) -> str:
@@ -152,9 +142,9 @@ async def neuron_stream(websocket: WebSocket, name: str) -> None:
         user_id = params.get("user_id")
         if user_id is not None and not _USER_ID.match(user_id):
             raise InvalidRequest(f"user_id must match {NAME_PATTERN}")
-        project = params.get("project") or None
-        if project is not None and len(project) > MAX_PROJECT_CHARS:
-            raise InvalidRequest(f"project must be at most {MAX_PROJECT_CHARS} characters")
+        project = params.get("project")
+        if project is not None and not 0 < len(project) <= MAX_PROJECT_CHARS:
+            raise InvalidRequest(f"project must be 1 to {MAX_PROJECT_CHARS} characters")
         version = _version(params.get("version"))
         owner = neuron_owner(caller, user_id)
         neuron = platform.neurons.definition(name).name
@@ -162,11 +152,25 @@ async def neuron_stream(websocket: WebSocket, name: str) -> None:
     except ForgeError as exc:
         await websocket.send_denial_response(error_response(exc.status_code, exc.code, exc.message))
         return
-    if params.get("agent_id") not in (None, agent_id):
-        version = None  # a new agent since: the client starts again from a snapshot
+    except Exception:
+        log.exception("neuron stream of %s could not start", name)
+        await websocket.send_denial_response(
+            error_response(500, "internal_error", "the stream could not start; try again")
+        )
+        return
+    if params.get("agent_id") != agent_id or params.get("fold", FOLD) != FOLD:
+        # A document of another agent (the neuron has a new one), or folded another way: the
+        # client starts again from a snapshot.
+        version = None
     offered = websocket.scope.get("subprotocols") or []
     await websocket.accept(subprotocol=SUBPROTOCOL if SUBPROTOCOL in offered else None)
-    gone = stream_over(platform, agent_id, caller)
+    key_or_agent_gone = stream_over(platform, agent_id, caller)
+
+    async def gone() -> bool:
+        # Also when the neuron moved on to a new agent (this one failed, or was deleted).
+        if await key_or_agent_gone():
+            return True
+        return await platform.neurons.current_agent(neuron, owner, project) != agent_id
 
     def pages(after: int) -> AsyncIterator[Sequence[StoredEvent]]:
         return follow_log(
@@ -205,11 +209,16 @@ async def _send(
                         await websocket.send_text(frame)
     except TimeoutError:
         code, reason = WS_CLOSE_TOO_SLOW, "consumer too slow; reconnect with your version"
+    except (WebSocketDisconnect, OSError):
+        raise
+    except Exception:
+        log.exception("neuron stream failed")
+        code, reason = WS_CLOSE_INTERNAL_ERROR, "server error; reconnect with your version"
     else:
         if platform.bus.closed:
             code, reason = WS_CLOSE_SERVICE_RESTART, "server restarting; reconnect with version"
         else:
-            code, reason = WS_CLOSE_NORMAL, "the neuron's agent was deleted, or the key revoked"
+            code, reason = WS_CLOSE_NORMAL, "the neuron has another agent, or the key was revoked"
     with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
         async with asyncio.timeout(WS_CLOSE_TIMEOUT_SECONDS):
             await websocket.close(code=code, reason=reason)

@@ -15,15 +15,16 @@ reconnects with the version it reached gets the next operation, even in the midd
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import copy
 import json
 import logging
 import os
 import re
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,7 +33,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from forge.config import NeuronSettings
-from forge.core.agents import AgentService
+from forge.core.agents import SETUP_PREFIX, AgentService
+from forge.core.auth import Caller
 from forge.core.errors import InvalidRequest, NotFound
 from forge.core.eventlog import EventBus, EventLog, StoredEvent
 from forge.core.events import utc_timestamp
@@ -51,10 +53,22 @@ NEURON_FILE_KEYS = frozenset(
     {"name", "description", "forge_profile_name", "executor", "variant", "model"}
 )
 MAX_PROJECT_CHARS = 1024
-# The latest this many changed files are kept in a document.
+# What a document keeps: the latest messages and changed files, texts cut at a length (the
+# transcript has them whole).
+MAX_MESSAGES = 200
 MAX_FILES = 500
-# How many documents a replica keeps folded in memory (each is read on from its `seq`).
-_CACHE_SIZE = 256
+MAX_TEXT = 8192
+MAX_THINKING = 4096
+MAX_TODOS = 100
+MAX_DETAIL = 500
+TRUNCATED = "… [truncated]"
+# Changes whenever `ops_for` (or a bound above) would fold a log differently: a client resuming
+# with another `fold` gets a snapshot, not operations for a document it does not have.
+FOLD = "1"
+# How many documents a replica keeps folded in memory, and how many of each one's latest
+# operations (for clients that resume a little behind).
+_CACHE_SIZE = 64
+_RECENT_OPS = 256
 _PAGE = 500
 
 Op = dict[str, Any]
@@ -150,12 +164,11 @@ def empty_document(neuron: str, agent_id: str | None, project: str | None) -> di
     }
 
 
-def ops_for(
-    doc: dict[str, Any], event: dict[str, Any], *, prompt: str | None, max_messages: int
-) -> list[Op]:
+def ops_for(doc: dict[str, Any], event: dict[str, Any], *, prompt: str | None) -> list[Op]:
     """The operations that take `doc` (a document that has seen the events before this one)
     past `event`. Reads `doc`, never changes it. `prompt` is the message of the run `event`
-    belongs to (the log does not carry what the user sent)."""
+    belongs to (the log does not carry what the user sent). Depends on nothing else, so a log
+    folds to the same operations everywhere (see `FOLD`)."""
     ops: list[Op] = []
 
     def set_(key: str, value: Any) -> None:
@@ -163,14 +176,16 @@ def ops_for(
             ops.append({"op": "replace", "path": f"/{key}", "value": value})
 
     def message(role: str, text: str) -> None:
-        value = {"role": role, "text": text, "request_id": event.get("request_id")}
+        value = {"role": role, "text": _clip(text, MAX_TEXT), "request_id": event.get("request_id")}
         ops.append({"op": "add", "path": "/messages/-", "value": {**value, "seq": event["seq"]}})
-        if len(doc["messages"]) + 1 > max_messages:
+        if len(doc["messages"]) + 1 > MAX_MESSAGES:
             ops.append({"op": "remove", "path": "/messages/0"})
 
     event_type = event.get("event_type")
     request_id = event.get("request_id")
-    if event_type == "agent.status" and event.get("status") == "running":
+    if str(request_id or "").startswith(SETUP_PREFIX):
+        pass  # the workspace's setup, before the first message: not part of the conversation
+    elif event_type == "agent.status" and event.get("status") == "running":
         set_("status", "working")
         set_("request_id", request_id)
         set_("thinking", "")
@@ -184,13 +199,13 @@ def ops_for(
         if doc["status"] == "waiting_permission" and kind != "permission_request":
             set_("status", "working")
         if kind == "assistant_message" and str(entry.get("text") or "").strip():
-            text = str(entry["text"])
+            text = _clip(str(entry["text"]), MAX_TEXT)
             message("assistant", text)
             sections = markdown_sections(text)
             if sections:
                 set_("sections", sections)
         elif kind == "thinking":
-            set_("thinking", str(entry.get("text") or ""))
+            set_("thinking", _clip(str(entry.get("text") or ""), MAX_THINKING))
         elif kind == "tool_call":
             set_("activity", _activity(entry, str(entry.get("status") or "")))
             path = entry.get("path")
@@ -208,9 +223,13 @@ def ops_for(
             set_("status", "waiting_permission")
             set_("activity", _activity(entry, "pending_approval"))
         elif kind == "todo" and isinstance(entry.get("items"), list):
-            set_("todos", [_todo(item) for item in entry["items"] if isinstance(item, dict)])
+            items = [_todo(item) for item in entry["items"] if isinstance(item, dict)]
+            set_("todos", items[:MAX_TODOS])
         elif kind == "error":
-            set_("error", str(entry.get("message") or entry.get("text") or "error"))
+            set_(
+                "error",
+                _clip(str(entry.get("message") or entry.get("text") or "error"), MAX_DETAIL),
+            )
     elif event_type in ("agent.complete", "agent.error"):
         set_("status", "idle")
         set_("request_id", None)
@@ -221,7 +240,8 @@ def ops_for(
         else:
             set_("outcome", "error")
             error = event.get("error") or {}
-            set_("error", str(error.get("message") or event.get("message") or "error"))
+            message_ = str(error.get("message") or event.get("message") or "error")
+            set_("error", _clip(message_, MAX_DETAIL))
         used = event.get("usage") or {}
         usage = dict(doc["usage"])
         for name in ("input_tokens", "output_tokens", "cache_read_tokens", "cache_write_tokens"):
@@ -271,25 +291,38 @@ def markdown_sections(text: str) -> list[dict[str, str]]:
 
 
 def _activity(entry: dict[str, Any], status: str) -> dict[str, Any]:
-    detail = entry.get("detail") or entry.get("command") or entry.get("path") or ""
-    return {"tool": str(entry.get("tool") or "tool"), "detail": str(detail), "status": status}
+    detail = _clip(str(entry.get("detail") or entry.get("command") or entry.get("path") or ""))
+    return {"tool": _clip(str(entry.get("tool") or "tool")), "detail": detail, "status": status}
 
 
 def _todo(item: dict[str, Any]) -> dict[str, Any]:
     content = item.get("content") or item.get("text") or item.get("step") or ""
-    return {"content": str(content), "status": str(item.get("status") or "pending")}
+    return {"content": _clip(str(content)), "status": _clip(str(item.get("status") or "pending"))}
+
+
+def _clip(text: str, limit: int = MAX_DETAIL) -> str:
+    return text if len(text) <= limit else text[: limit - len(TRUNCATED)] + TRUNCATED
 
 
 @dataclass
 class Folded:
-    """A document after `version` operations, the last of event `seq`."""
+    """A document after `version` operations, the last of event `seq`; with its latest
+    operations as (version, seq, operation)."""
 
     doc: dict[str, Any]
     seq: int = 0
     version: int = 0
+    recent: deque[tuple[int, int, Op]] = field(default_factory=lambda: deque(maxlen=_RECENT_OPS))
+
+    def apply(self, op: Op, seq: int) -> None:
+        apply_op(self.doc, op)
+        self.version += 1
+        self.recent.append((self.version, seq, op))
 
     def copy(self) -> Folded:
-        return Folded(copy.deepcopy(self.doc), self.seq, self.version)
+        # The operations are never changed once made: the ring may share them.
+        recent = deque(self.recent, maxlen=_RECENT_OPS)
+        return Folded(copy.deepcopy(self.doc), self.seq, self.version, recent)
 
 
 # ---- API shapes ------------------------------------------------------------------------------
@@ -316,6 +349,9 @@ class NeuronInfo(BaseModel):
 class Neuron(NeuronInfo):
     state: dict[str, Any] = Field(description="The state document (see docs/neurons.md).")
     version: int = Field(description="Operations applied to the state document so far.")
+    fold: str = Field(
+        default=FOLD, description="How the document is built: send it back with `version`."
+    )
 
 
 class NeuronList(BaseModel):
@@ -361,6 +397,9 @@ class NeuronService:
         self.agents = agents
         self.definitions = definitions
         self._folded: OrderedDict[str, Folded] = OrderedDict()
+        # One agent is made at a time per neuron, owner and project (the others wait, then find
+        # it). Locks are few and small: one per neuron used, kept for the process's life.
+        self._making: dict[tuple[str, str, str], asyncio.Lock] = {}
 
     def definition(self, name: str) -> Profile:
         profile = self.definitions.get(name.lower())
@@ -412,35 +451,41 @@ class NeuronService:
 
     async def agent_for(self, name: str, owner_id: str, project: str | None) -> str:
         """The neuron's agent for `owner_id` and `project`: the one it has, unless that was
-        deleted or failed, else a new one (two requests racing for it get the same one)."""
+        deleted or failed, else a new one. Requests racing for it get the same one: in one
+        process they wait their turn; across replicas the loser's agent is deleted."""
         profile = self.definition(name)
         key = _project_key(project)
+        lock = self._making.setdefault((owner_id, key, profile.name), asyncio.Lock())
+        async with lock:
+            return await self._agent_for(profile.name, owner_id, key)
+
+    async def _agent_for(self, name: str, owner_id: str, key: str) -> str:
         for _ in range(3):
             async with self.db.read() as session:
-                row = await session.get(NeuronRow, (owner_id, key, profile.name))
+                row = await session.get(NeuronRow, (owner_id, key, name))
                 agent = await session.get(AgentRow, row.agent_id) if row is not None else None
             if row is not None and agent is not None and _usable(agent):
                 return row.agent_id
             created = await self.agents.create(
                 AgentCreate(
-                    profile=PROFILE_PREFIX + profile.name,
-                    repo=project,
-                    metadata={"neuron": profile.name, "title": f"neuron {profile.name}"},
+                    profile=PROFILE_PREFIX + name,
+                    repo=key or None,
+                    metadata={"neuron": name, "title": f"neuron {name}"},
                 ),
                 owner_id=owner_id,
             )
-            if await self._claim(owner_id, key, profile.name, created.id, replacing=row):
+            if await self._claim(owner_id, key, name, created.id, replacing=row):
                 log.info(
-                    "neuron %s of %s (project %r) is agent %s",
-                    profile.name,
-                    owner_id,
-                    key,
-                    created.id,
+                    "neuron %s of %s (project %r) is agent %s", name, owner_id, key, created.id
                 )
                 return created.id
-            # Another request made one first: use that one, drop ours.
+            # Another replica made one first: use that one, drop ours.
             await self.agents.delete(created.id, owner_id, graceful=False, purge=True)
-        raise RuntimeError(f"could not settle the agent of neuron {profile.name!r}")
+        raise RuntimeError(f"could not settle the agent of neuron {name!r}")
+
+    async def current_agent(self, name: str, owner_id: str, project: str | None) -> str | None:
+        """The agent the neuron has now for `owner_id` and `project` (None before first use)."""
+        return await self._agent_id(self.definition(name).name, owner_id, _project_key(project))
 
     async def _claim(
         self,
@@ -521,17 +566,17 @@ class NeuronService:
         through, the operations after it), then the operations of every later event.
         `pages(after_seq)` follows the log live. Each item is the frames of one step."""
         folded: Folded | None = None
-        pending: list[Op] = []
+        frames: list[str] = []
         if version is not None:
-            folded, pending = await self._at_version(name, agent_id, project, version)
+            folded, frames = await self._at_version(name, agent_id, project, version)
         if folded is None:
             folded = await self.fold(name, agent_id, project)
-            yield [self._frame(name, "snapshot", folded.version, folded.seq, folded.doc)]
-        elif pending:
-            yield self._send(name, folded, pending)
+            frames = [self._frame(name, "snapshot", folded.version, folded.seq, folded.doc)]
+        if frames:
+            yield frames
         async for page in pages(folded.seq):
             prompts = await self._prompts(agent_id, page)
-            frames: list[str] = []
+            frames = []
             for event in page:
                 ops = self._ops(folded, json.loads(event.body), prompts)
                 frames += self._send(name, folded, ops)
@@ -540,34 +585,37 @@ class NeuronService:
                 yield frames
 
     def _send(self, name: str, folded: Folded, ops: Sequence[Op]) -> list[str]:
+        """Apply `ops` (the rest of an event's operations) and return their frames."""
+        seq = next((op["value"] for op in ops if op["path"] == "/seq"), folded.doc["seq"])
         frames = []
         for op in ops:
-            apply_op(folded.doc, op)
-            folded.version += 1
-            frames.append(self._frame(name, "diff", folded.version, folded.doc["seq"], op))
+            folded.apply(op, seq)
+            frames.append(self._frame(name, "diff", folded.version, seq, op))
         folded.seq = folded.doc["seq"]
         return frames
 
     def _ops(self, folded: Folded, event: dict[str, Any], prompts: dict[str, str]) -> list[Op]:
-        return ops_for(
-            folded.doc,
-            event,
-            prompt=prompts.get(event.get("request_id") or ""),
-            max_messages=self.settings.max_messages,
-        )
+        return ops_for(folded.doc, event, prompt=prompts.get(event.get("request_id") or ""))
 
     async def _at_version(
         self, name: str, agent_id: str, project: str | None, version: int
-    ) -> tuple[Folded | None, list[Op]]:
-        """The document after `version` operations and the rest of that event's operations;
-        (None, []) when the log never reached `version`."""
+    ) -> tuple[Folded | None, list[str]]:
+        """A document to go on from, for a client that has applied `version` operations, and
+        the frames that bring the client to it; (None, []) when the log never reached
+        `version`. From the kept document when it is there and `version` is among its latest
+        operations (or before it); else the log is folded up to `version`."""
         cached = self._cached(agent_id)
-        folded = cached if cached is not None and cached.version <= version else None
-        folded = folded or Folded(empty_document(name, agent_id, project))
+        if cached is not None and version <= cached.version:
+            behind = [entry for entry in cached.recent if entry[0] > version]
+            if len(behind) == cached.version - version:
+                frames = [self._frame(name, "diff", v, seq, op) for v, seq, op in behind]
+                return cached, frames
+        start = cached if cached is not None and cached.version <= version else None
+        folded = start or Folded(empty_document(name, agent_id, project))
         steps = self._fold_stored(folded, agent_id, stop_at=version)
         async with contextlib.aclosing(steps):
-            async for ops in steps:
-                return folded, ops
+            async for rest in steps:
+                return folded, self._send(name, folded, rest)
         if folded.version == version:
             return folded, []
         return None, []
@@ -585,13 +633,11 @@ class NeuronService:
                 if stop_at is not None and folded.version + len(ops) > stop_at:
                     done = stop_at - folded.version
                     for op in ops[:done]:
-                        apply_op(folded.doc, op)
-                    folded.version = stop_at
+                        folded.apply(op, stored.seq)
                     yield ops[done:]
                     return
                 for op in ops:
-                    apply_op(folded.doc, op)
-                folded.version += len(ops)
+                    folded.apply(op, stored.seq)
                 folded.seq = stored.seq
             if len(page) < _PAGE:
                 return
@@ -637,6 +683,7 @@ class NeuronService:
                 "neuron": name,
                 "source": source,
                 "version": version,
+                "fold": FOLD,
                 "seq": seq,
                 "data": data,
             },
@@ -644,16 +691,32 @@ class NeuronService:
         )
 
 
+def neuron_owner(caller: Caller, requested: str | None) -> str:
+    """The owner a neuron request acts for: the key's owner, or the one the admin names."""
+    owner = caller.scope(requested)
+    if owner is None:
+        raise InvalidRequest(
+            "say whose neuron this is: with the admin key (or with auth off) name the owner, "
+            "`user_id` in the API (e.g. ?user_id=alice), `owner_id` in MCP tools",
+            code="owner_required",
+        )
+    return owner
+
+
 def _usable(agent: AgentRow) -> bool:
     return agent.deleted_at is None and agent.status != "failed"
 
 
 def _project_key(project: str | None) -> str:
+    """The repository a neuron works in, as its rows name it: the absolute path with symbolic
+    links resolved ("" for none)."""
     if project is None:
         return ""
+    if any(ord(char) < 32 or ord(char) == 127 for char in project):
+        raise InvalidRequest("project must not contain control characters", code="invalid_project")
     if not os.path.isabs(project):
         raise InvalidRequest(
             f"project must be an absolute path of a repository, not {project[:80]!r}",
             code="invalid_project",
         )
-    return os.path.normpath(project)
+    return str(Path(project).resolve())

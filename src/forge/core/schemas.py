@@ -51,6 +51,14 @@ def _check_encodable(text: str) -> None:
         ) from exc
 
 
+def check_no_control_characters(value: str | None) -> str | None:
+    """Refuse control characters (NUL, newlines...) in a path or ref: no repository has them,
+    and PostgreSQL cannot store a NUL."""
+    if value is not None and any(ord(char) < 32 or ord(char) == 127 for char in value):
+        raise ValueError("must not contain control characters")
+    return value
+
+
 def check_metadata(value: dict[str, Any] | None) -> dict[str, Any] | None:
     """Refuse metadata that is not valid Unicode or over `MAX_METADATA_BYTES` of JSON."""
     if value is None:
@@ -108,6 +116,11 @@ class AgentCreate(_Request):
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return check_metadata(value)
+
+    @field_validator("repo", "base_ref")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return check_no_control_characters(value)
 
 
 class Agent(BaseModel):

@@ -20,6 +20,7 @@ from forge.core.schemas import (
     AgentCreate,
     MessageCreate,
     check_metadata,
+    check_no_control_characters,
 )
 from forge.store.db import Database
 from forge.store.tables import AgentRow, RunRow, TaskRow
@@ -62,6 +63,11 @@ class TaskCreate(BaseModel):
     @classmethod
     def _metadata_small(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         return check_metadata(value)
+
+    @field_validator("repo", "base_branch")
+    @classmethod
+    def _printable(cls, value: str | None) -> str | None:
+        return check_no_control_characters(value)
 
 
 class Task(BaseModel):

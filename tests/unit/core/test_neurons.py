@@ -19,6 +19,11 @@ from forge.core.eventlog import EventBus, EventLog, StoredEvent
 from forge.core.events import EventDraft, Usage
 from forge.core.neurons import (
     EXAMPLES_DIR,
+    FOLD,
+    MAX_MESSAGES,
+    MAX_TEXT,
+    MAX_THINKING,
+    TRUNCATED,
     NeuronService,
     apply_op,
     empty_document,
@@ -53,12 +58,12 @@ RUN = [
 ]
 
 
-def _fold(events: list[dict[str, Any]], max_messages: int = 200) -> tuple[dict[str, Any], int]:
+def _fold(events: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
     doc = empty_document("n", "ag_1", None)
     version = 0
     for event in events:
         prompt = "do it" if event["event_type"] == "agent.status" else None
-        for op in ops_for(doc, event, prompt=prompt, max_messages=max_messages):
+        for op in ops_for(doc, event, prompt=prompt):
             apply_op(doc, op)
             version += 1
     return doc, version
@@ -69,7 +74,7 @@ def test_the_operations_are_rfc_6902_and_build_the_document() -> None:
     theirs = copy.deepcopy(ours)
     for event in RUN:
         prompt = "do it" if event["event_type"] == "agent.status" else None
-        ops = ops_for(ours, event, prompt=prompt, max_messages=200)
+        ops = ops_for(ours, event, prompt=prompt)
         assert ops[-1] == {"op": "replace", "path": "/seq", "value": event["seq"]}
         for op in ops:
             apply_op(ours, op)
@@ -99,7 +104,7 @@ def test_the_status_follows_the_run_and_its_permission_requests() -> None:
     statuses = []
     doc = empty_document("n", "ag_1", None)
     for event in RUN:
-        for op in ops_for(doc, event, prompt=None, max_messages=200):
+        for op in ops_for(doc, event, prompt=None):
             apply_op(doc, op)
         statuses.append(doc["status"])
     assert statuses[0] == "working"
@@ -107,11 +112,29 @@ def test_the_status_follows_the_run_and_its_permission_requests() -> None:
     assert statuses[6] == "working" and statuses[-1] == "idle"
 
 
-def test_old_messages_leave_the_document() -> None:
+def test_old_messages_leave_the_document_and_long_texts_are_cut() -> None:
     events = [_event(1, "agent.status", status="running")]
-    events += [_entry(seq, kind="assistant_message", text=f"m{seq}") for seq in range(2, 8)]
-    doc, _ = _fold(events, max_messages=3)
-    assert [m["text"] for m in doc["messages"]] == ["m5", "m6", "m7"]
+    count = MAX_MESSAGES + 5
+    events += [_entry(seq, kind="assistant_message", text=f"m{seq}") for seq in range(2, count + 1)]
+    events.append(_entry(count + 1, kind="assistant_message", text="x" * (MAX_TEXT + 1)))
+    events.append(_entry(count + 2, kind="thinking", text="t" * (MAX_THINKING * 2)))
+    doc, _ = _fold(events)
+    assert len(doc["messages"]) == MAX_MESSAGES
+    assert doc["messages"][0]["text"] == f"m{count + 1 - MAX_MESSAGES + 1}"
+    assert len(doc["messages"][-1]["text"]) == MAX_TEXT
+    assert doc["messages"][-1]["text"].endswith(TRUNCATED)
+    assert len(doc["thinking"]) == MAX_THINKING
+
+
+def test_a_setup_run_is_not_part_of_the_conversation() -> None:
+    setup = [
+        _event(1, "agent.status", "setup_ag_1", status="running"),
+        _event(2, "agent.event", "setup_ag_1", entry={"kind": "assistant_message", "text": "ok"}),
+        _event(3, "agent.complete", "setup_ag_1", outcome="succeeded"),
+    ]
+    doc, version = _fold(setup)
+    assert doc == {**empty_document("n", "ag_1", None), "seq": 3}
+    assert version == 3  # one `/seq` an event
 
 
 def test_markdown_sections() -> None:
@@ -159,17 +182,44 @@ def test_definitions_load_in_order_and_skip_broken_files(
     assert sorted(only_ours) == ["extra", "wish"]
 
 
-@pytest.mark.parametrize("db", ["sqlite", "postgres"], indirect=True)
-async def test_a_stream_resumes_at_every_version_of_a_stored_log(db: Database) -> None:
-    await agent_with_running_run(db, webhook_url=None)
-    log = EventLog(db, EventBus())
+# A run long enough that its operations outnumber what a kept document remembers (256).
+LONG_RUN = [
+    *RUN[:-1],
+    *(_entry(len(RUN) + i, kind="assistant_message", text=f"m{i}") for i in range(150)),
+    {**RUN[-1], "seq": len(RUN) + 150},
+]
+
+
+def _drafts(events: list[dict[str, Any]]) -> list[EventDraft]:
     drafts = []
-    for event in RUN:
+    for event in events:
         fields = {k: v for k, v in event.items() if k not in ("seq", "request_id")}
         if "usage" in fields:
             fields["usage"] = Usage(**fields["usage"])
         drafts.append(EventDraft(request_id="r1", **fields))
-    await log.append("ag_1", drafts)
+    return drafts
+
+
+def _fold_to(events: list[dict[str, Any]], version: int) -> dict[str, Any]:
+    """The document after `version` operations of `events` (the run's prompt is "hi")."""
+    doc = empty_document("n", "ag_1", None)
+    done = 0
+    for event in events:
+        prompt = "hi" if event["event_type"] == "agent.status" else None
+        for op in ops_for(doc, event, prompt=prompt):
+            if done == version:
+                return doc
+            apply_op(doc, op)
+            done += 1
+    return doc
+
+
+@pytest.mark.parametrize("db", ["sqlite", "postgres"], indirect=True)
+async def test_a_stream_resumes_at_any_version_of_a_stored_log(db: Database) -> None:
+    await agent_with_running_run(db, webhook_url=None)
+    log = EventLog(db, EventBus())
+    half = len(LONG_RUN) // 2
+    await log.append("ag_1", _drafts(LONG_RUN[:half]))
     agents = cast(AgentService, None)  # not used to fold or stream
 
     async def stored(after: int) -> AsyncIterator[Sequence[StoredEvent]]:
@@ -183,37 +233,36 @@ async def test_a_stream_resumes_at_every_version_of_a_stored_log(db: Database) -
         stream = neurons.stream("n", "ag_1", None, version=version, pages=stored)
         return [json.loads(frame) async for step in stream for frame in step]
 
-    [snapshot] = await frames(service(), None)
-    assert snapshot["source"] == "snapshot" and snapshot["seq"] == len(RUN)
-    final, total = snapshot["data"], snapshot["version"]
-    assert final["messages"][0]["text"] == "hi"  # the run's message, from the runs table
+    # A replica that folded the first half (its kept document is behind the log), then the
+    # rest of the run is stored.
+    behind = service()
+    halfway = await behind.fold("n", "ag_1", None)
+    await log.append("ag_1", _drafts(LONG_RUN[half:]))
 
-    # From any version, fresh (folding the log) or warm (from a document folded before), the
-    # operations after it lead to the same document.
-    warm = service()
-    for version in range(total + 1):
-        for neurons in (service(), warm):
-            doc, _ = _fold_to(version)
+    [snapshot] = await frames(service(), None)
+    assert snapshot["source"] == "snapshot" and snapshot["seq"] == len(LONG_RUN)
+    assert snapshot["fold"] == FOLD
+    final, total = snapshot["data"], snapshot["version"]
+    assert final == _fold_to(LONG_RUN, total)
+    assert final["messages"][0]["text"] == "hi"  # the run's message, from the runs table
+    assert total > 256  # some versions are older than any operation a document keeps
+
+    # A replica whose kept document is at the end of the log.
+    ahead = service()
+    await ahead.fold("n", "ag_1", None)
+
+    # From any version (mid-event ones too), whether the replica folds the log, goes on from
+    # a document behind, or sends kept operations, the operations after it lead to the same
+    # document, with gapless versions.
+    versions = sorted({*range(0, total + 1, 7), halfway.version, total - 256, total - 1, total})
+    for version in versions:
+        for neurons in (service(), behind, ahead):
             resumed = await frames(neurons, version)
             assert [f["version"] for f in resumed] == list(range(version + 1, total + 1))
-            assert all(f["source"] == "diff" for f in resumed)
-            doc = jsonpatch.apply_patch(doc, [f["data"] for f in resumed])
-            assert doc == final
+            assert all(f["source"] == "diff" and f["fold"] == FOLD for f in resumed)
+            doc = jsonpatch.apply_patch(_fold_to(LONG_RUN, version), [f["data"] for f in resumed])
+            assert doc == final, version
 
     # A version past the end gets a snapshot.
     [again] = await frames(service(), total + 1)
     assert again["source"] == "snapshot" and again["data"] == final
-
-
-def _fold_to(version: int) -> tuple[dict[str, Any], int]:
-    """The document after `version` operations of RUN (the prompt is the stored run's, "hi")."""
-    doc = empty_document("n", "ag_1", None)
-    done = 0
-    for event in RUN:
-        prompt = "hi" if event["event_type"] == "agent.status" else None
-        for op in ops_for(doc, event, prompt=prompt, max_messages=200):
-            if done == version:
-                return doc, done
-            apply_op(doc, op)
-            done += 1
-    return doc, done
