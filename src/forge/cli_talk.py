@@ -4,7 +4,9 @@ Each line typed is sent as a message (`POST /api/v1/neurons/{name}/messages`); w
 works, its state document arrives over `WS /ws/neurons/{name}` (a snapshot, then one RFC 6902
 operation a frame), is kept here by applying the operations, and what changed is printed:
 thinking, tool activity, assistant text, todos, and a footer when the run ends. A dropped
-connection resumes with `?version=<last version applied>`.
+connection resumes with `?version=<last version applied>&agent_id=&fold=`; when the neuron has
+a new agent (the old one failed or was deleted) it starts again from that one's snapshot.
+With `FORGE_TALK_DEBUG` set, how each connection started (a snapshot, or resumed) goes to stderr.
 
 Registered on the main app by `cli.py`'s `talk` command; imports nothing of `cli.py`.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import sys
 import threading
@@ -142,8 +145,14 @@ class NeuronSocket:
         self._lock = threading.Lock()
         self._generation = 0
         self._resume: int | None = None
-        # The server resumes only on the same agent (a replaced one starts from a snapshot).
+        # The server resumes only on the same agent (a replaced one starts from a snapshot) and
+        # the same way of folding the log into a document (`fold`).
         self._agent_id: str | None = None
+        self._fold: str | None = None
+        # How the connections' streams began (told on stderr with `FORGE_TALK_DEBUG`).
+        self.snapshots = 0
+        self.resumes = 0
+        self._debug = bool(os.environ.get("FORGE_TALK_DEBUG"))
         self._ws: ClientConnection | None = None
         self._lost_since: float | None = None
         self._stopped = threading.Event()
@@ -176,22 +185,25 @@ class NeuronSocket:
         if ws is not None:
             ws.close()
 
-    def _address(self) -> tuple[str, int]:
+    def _address(self) -> tuple[str, int, int | None]:
         with self._lock:
             params = dict(self.params)
             if self._resume is not None:
                 params["version"] = str(self._resume)
                 if self._agent_id:
                     params["agent_id"] = self._agent_id
+                if self._fold:
+                    params["fold"] = self._fold
             query = urlencode(params)
-            return (f"{self.url}?{query}" if query else self.url), self._generation
+            url = f"{self.url}?{query}" if query else self.url
+            return url, self._generation, self._resume
 
     def _run(self) -> None:
         backoff = 0.2
         while not self._stopped.is_set():
-            url, generation = self._address()
+            url, generation, resume = self._address()
             try:
-                self._follow(url, generation)
+                self._follow(url, generation, resume)
                 reason = "the server closed the stream"
             except InvalidStatus as exc:
                 status = exc.response.status_code
@@ -216,13 +228,14 @@ class NeuronSocket:
             self._stopped.wait(backoff)
             backoff = min(backoff * 2, 5.0)
 
-    def _follow(self, url: str, generation: int) -> None:
+    def _follow(self, url: str, generation: int, resume: int | None) -> None:
         with connect(
             url, additional_headers=auth_headers(), open_timeout=10, max_size=MAX_FRAME_BYTES
         ) as ws:
             with self._lock:
                 self._ws = ws
             try:
+                first = True
                 for message in ws:
                     body = json.loads(message)
                     self._lost_since = None
@@ -231,13 +244,33 @@ class NeuronSocket:
                             return  # resync() came while this one was opening
                         if isinstance(body.get("version"), int):
                             self._resume = body["version"]
+                        if isinstance(body.get("fold"), str):
+                            self._fold = body["fold"]
                         data = body.get("data")
-                        if body.get("source") == "snapshot" and isinstance(data, dict):
+                        snapshot = body.get("source") == "snapshot"
+                        if snapshot and isinstance(data, dict):
                             self._agent_id = data.get("agent_id")
+                    if first:
+                        first = False
+                        self._started(snapshot, body.get("version"), resume)
                     self.frames.put(Frame(generation, body))
             finally:
                 with self._lock:
                     self._ws = None
+
+    def _started(self, snapshot: bool, version: object, resume: int | None) -> None:
+        """Count (and with `FORGE_TALK_DEBUG` tell) how a connection's stream began."""
+        if snapshot:
+            self.snapshots += 1
+            note = f"snapshot at version {version}"
+        else:
+            self.resumes += 1
+            note = f"resumed at version {resume}"
+        self.debug(note)
+
+    def debug(self, note: str) -> None:
+        if self._debug:
+            typer.echo(f"forge talk: {note}", err=True)
 
 
 def _refusal(status: int, body: bytes | bytearray | None) -> TalkError:
@@ -265,10 +298,15 @@ class Run:
     # The neuron was seen working on it (or answering it): from then on, resting means done.
     started: bool = False
     interrupted: bool = False
-    # Ended without starting (a final event before any other, found in the log).
+    # Ended without starting (a final event before any other, found in the log): that event.
     ended_unstarted: bool = False
-    # The number of ended runs (`usage.runs`) last looked at for that.
+    final: dict[str, Any] | None = None
+    # The number of ended runs (`usage.runs`, setup runs not counted) last looked at for that.
     runs_checked: int = 0
+    # The document followed was seen to be of the run's agent; then of another one (the
+    # neuron moved on: the agent was deleted or failed before the run ended).
+    agent_seen: bool = False
+    agent_lost: bool = False
 
 
 @dataclass
@@ -389,20 +427,27 @@ class Renderer:
         """Print the end of `run`; whether it succeeded."""
         status = doc.get("status")
         outcome = doc.get("outcome")
-        if isinstance(outcome, dict):
+        name: object
+        message: object
+        if run.agent_lost:
+            name, message = "lost", "the neuron has a new agent (its agent was deleted or failed)"
+        elif run.final is not None:
+            name, message = _final_outcome(run.final)
+        elif isinstance(outcome, dict):
             name = outcome.get("outcome") or outcome.get("status")
             message = outcome.get("message") or ""
         else:
             name, message = outcome, ""
         if not name:
-            name = "succeeded" if status == "idle" and not run.interrupted else str(status)
+            # Never taken for a success: only an outcome of `succeeded` is one.
+            name = "interrupted" if run.interrupted else f"ended without an outcome ({status})"
         parts = [str(name)]
         tokens = _usage_delta(run.usage_before, doc.get("usage") or {})
         if tokens:
             parts.append(tokens)
         if message and name != "succeeded":
             parts.append(str(message))
-        ok = name == "succeeded" and status == "idle"
+        ok = name == "succeeded"
         color = typer.colors.GREEN if ok else typer.colors.RED
         self.echo(f"── {' · '.join(parts)}", fg=color, dim=ok)
         if not ok and doc.get("error") and doc.get("error") != self.shown.get("error"):
@@ -413,6 +458,14 @@ class Renderer:
 def _message_key(message: dict[str, Any], index: int) -> tuple[str, int]:
     seq = message.get("seq")
     return (str(message.get("request_id")), seq if isinstance(seq, int) else -index - 1)
+
+
+def _final_outcome(event: dict[str, Any]) -> tuple[str | None, str]:
+    """The outcome and message of a run's final event."""
+    if event.get("event_type") == "agent.error":
+        error = event.get("error") or {}
+        return "error", str(error.get("message") or event.get("message") or "")
+    return event.get("outcome"), ""
 
 
 def _usage_delta(before: dict[str, Any], after: dict[str, Any]) -> str:
@@ -587,10 +640,16 @@ class Conversation:
     def run_over(self, run: Run) -> bool:
         """Whether `run` has ended: it was seen started, and after a whole event the neuron
         rests again (or works on another run)."""
-        if run.ended_unstarted:
+        if run.ended_unstarted or run.agent_lost:
             return True
         if not self.at_event_end:
             return False
+        if run.agent_id and self.doc.get("agent_id") != run.agent_id:
+            # Still the previous agent's document (the new one's snapshot is on its way), or,
+            # after the run's own, another one's: the run's agent is gone and so is the run.
+            run.agent_lost = run.agent_seen
+            return run.agent_lost
+        run.agent_seen = True
         if not run.started:
             self._check_unstarted(run)
             return run.ended_unstarted
@@ -611,11 +670,17 @@ class Conversation:
             )
             for event in page.get("events") or []:
                 if event.get("request_id") == run.request_id and event.get("is_final"):
-                    run.ended_unstarted = True
+                    run.ended_unstarted, run.final = True, event
                     return
             if not page.get("has_more"):
                 return
             after = page["next_after"]
+
+    def follow_agent(self, agent_id: str) -> None:
+        """The neuron has a new agent (the one followed failed or was deleted): follow that
+        one's document from its snapshot."""
+        self.socket.debug(f"the neuron has a new agent {agent_id}: starting from a snapshot")
+        self.socket.resync()
 
     def close(self) -> None:
         self.socket.close()
@@ -696,13 +761,20 @@ def _inputs(source: TextIO, interactive: bool) -> Iterator[str]:
 def exchange(conversation: Conversation, text: str) -> bool:
     """Send `text`, print the run live until it ends; whether it succeeded."""
     conversation.pump(0, run=None)  # what happened while we were away: quietly
-    usage_before = dict(conversation.doc.get("usage") or {})
     accepted = conversation.send(text)
+    agent_id = accepted.get("agent_id") or conversation.doc.get("agent_id")
+    if agent_id == conversation.doc.get("agent_id"):
+        usage_before = dict(conversation.doc.get("usage") or {})
+        seq_before = int(conversation.doc.get("seq") or 0)
+    else:
+        # The message made the neuron a new agent: its document starts empty.
+        conversation.follow_agent(str(agent_id))
+        usage_before, seq_before = {}, 0
     run = Run(
         accepted["request_id"],
-        accepted.get("agent_id") or conversation.doc.get("agent_id"),
+        agent_id,
         usage_before,
-        seq_before=int(conversation.doc.get("seq") or 0),
+        seq_before=seq_before,
         runs_checked=int(usage_before.get("runs") or 0),
     )
     if accepted.get("status") == "queued":

@@ -1,5 +1,6 @@
 """`forge talk NEURON` against a real server: a neuron whose reply comes in parts, driven through
-a pseudo-terminal; one message with `-m`; lines from a pipe; an unknown neuron."""
+a pseudo-terminal; one message with `-m`; lines from a pipe; an unknown neuron; a server restart
+and a neuron that gets a new agent in the middle of a conversation."""
 
 from __future__ import annotations
 
@@ -72,11 +73,15 @@ def _server(
     return server
 
 
-def _env(server: ForgeServer | None, base_url: str | None = None) -> dict[str, str]:
+def _env(
+    server: ForgeServer | None, base_url: str | None = None, debug: bool = False
+) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
     env["FORGE_BASE_URL"] = base_url or (server.base_url if server else "")
     env["FORGE_OWNER"] = OWNER
     env["TERM"] = "dumb"
+    if debug:  # how each stream began ("snapshot at version N", "resumed at version N")
+        env["FORGE_TALK_DEBUG"] = "1"
     return env
 
 
@@ -195,25 +200,82 @@ def test_the_conversation_goes_on_across_a_server_restart(
     forge_server: Any, tmp_path: Path
 ) -> None:
     server = _server(forge_server, tmp_path)
-    terminal = Terminal(["slow"], _env(server))
+    terminal = Terminal(["slow"], _env(server, debug=True))
     try:
+        terminal.expect("forge talk: snapshot at version", timeout=30)
         terminal.expect("you> ", timeout=30)
         terminal.type("before the restart\n")
         terminal.expect("part 1: before the restart", timeout=60)
         workspace = _workspace(server, "slow")
+        logged = len(server.log())
         server.stop()  # the runner, and the run in it, go on
         server.start()
         (workspace / "go").touch()
+        terminal.expect("forge talk: resumed at version", timeout=60)
         terminal.expect("part 3", timeout=60)
         terminal.expect("you> ", timeout=30)
-        # Resumed where it was (`?version=`), so nothing is shown twice.
+        # Resumed where it was with operations, not a snapshot (which the renderer would also
+        # show without repeats): nothing is shown twice, and nothing was started again.
         assert terminal.output.count("part 1: before the restart") == 1
         assert terminal.output.count("part 2") == 1
-        assert "&version=" in server.log() or "?version=" in server.log()
+        assert terminal.output.count("forge talk: snapshot") == 1, terminal.output
+        reopened = [
+            line
+            for line in server.log()[logged:].splitlines()
+            if "WebSocket /ws/neurons/slow" in line
+        ]
+        assert reopened, server.log()[logged:]
+        assert all(
+            "version=" in line and "agent_id=" in line and "fold=" in line for line in reopened
+        ), reopened
         terminal.type("exit\n")
         assert terminal.proc.wait(timeout=20) == 0
     finally:
         terminal.close()
+
+
+def test_the_conversation_goes_on_with_a_new_agent(forge_server: Any, tmp_path: Path) -> None:
+    """The neuron's agent is deleted between two messages: the second one makes it a new agent,
+    and the conversation follows that one's document (rather than waiting on the old one's)."""
+    server = _server(forge_server, tmp_path)
+    terminal = Terminal(["echo"], _env(server, debug=True))
+    try:
+        terminal.expect("you> ", timeout=30)
+        terminal.type("first\n")
+        terminal.expect("echo: first", timeout=60)
+        terminal.expect("succeeded", timeout=30)
+        terminal.expect("you> ", timeout=30)
+        neuron = server.http.get("/api/v1/neurons/echo", params={"user_id": OWNER}).json()
+        old = neuron["agent_id"]
+        deleted = server.http.delete(f"/api/v1/agents/{old}", params={"user_id": OWNER})
+        assert deleted.status_code == 204, deleted.text
+
+        # At once: the stream of the deleted agent is still open (the server closes it within
+        # its recheck time), so the CLI must move to the new agent's document itself.
+        opened_before = len(_neuron_sockets(server, "echo"))
+        terminal.type("second\n")
+        terminal.expect("echo: second", timeout=60)
+        terminal.expect("succeeded", timeout=30)
+        terminal.expect("you> ", timeout=30)
+        new = server.http.get("/api/v1/neurons/echo", params={"user_id": OWNER}).json()
+        assert new["agent_id"] not in (None, old), new
+        assert f"the neuron has a new agent {new['agent_id']}" in terminal.output, terminal.output
+        # Its next connection asked for a snapshot, not a resume of the old agent's document
+        # (which is what reconnecting after the server closed the old stream would send).
+        after = _neuron_sockets(server, "echo")[opened_before:]
+        assert after and "version=" not in after[0], after
+        assert terminal.output.count("echo: first") == 1
+        assert terminal.output.count("echo: second") == 1
+
+        terminal.type("exit\n")
+        assert terminal.proc.wait(timeout=20) == 0
+    finally:
+        terminal.close()
+
+
+def _neuron_sockets(server: ForgeServer, name: str) -> list[str]:
+    """The server's log lines of the WebSocket connections to the neuron's stream, in order."""
+    return [ln for ln in server.log().splitlines() if f"WebSocket /ws/neurons/{name}" in ln]
 
 
 def test_end_of_input_leaves(forge_server: Any, tmp_path: Path) -> None:
@@ -367,3 +429,22 @@ def test_the_applier_refuses_what_it_cannot_apply(operation: dict[str, Any]) -> 
 
     with pytest.raises(PatchError):
         apply_operation({"status": "idle", "messages": [1, 2]}, operation)
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status", "ok"),
+    [
+        ("succeeded", "idle", True),
+        ("succeeded", "working", True),  # the next run already started
+        (None, "idle", False),
+        ("failed", "idle", False),
+        ("interrupted", "idle", False),
+    ],
+)
+def test_only_a_succeeded_outcome_is_a_success(outcome: str | None, status: str, ok: bool) -> None:
+    from forge.cli_talk import Renderer, Run
+
+    out = io.StringIO()
+    doc = {"status": status, "outcome": outcome, "usage": {}}
+    assert Renderer(out).footer(doc, Run("req_1", "ag_1", {})) is ok
+    assert ("succeeded" in out.getvalue()) is ok
