@@ -86,6 +86,14 @@ def serve(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     log = logging.getLogger("forge")
+    if settings.server.mcp_port == settings.server.port:
+        typer.echo(
+            f"error: the MCP port ([server] mcp_port or MCP_PORT) is {settings.server.port}, the "
+            "port Forge's API listens on, which serves MCP at /mcp already. Choose another port "
+            "or leave it unset.",
+            err=True,
+        )
+        raise typer.Exit(2)
     auth = settings.auth
     if auth.enabled:
         log.info(

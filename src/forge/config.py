@@ -37,6 +37,8 @@ class ServerSettings(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=8887, ge=0, le=65535)
+    # Also serve MCP (`/mcp` alone) on this port, same host; also `MCP_PORT`, which wins.
+    mcp_port: int | None = Field(default=None, ge=1, le=65535)
     # Without authentication Forge refuses to listen beyond loopback; set this to listen anyway
     # (behind a proxy that authenticates, say).
     allow_remote_without_auth: bool = False
@@ -306,8 +308,6 @@ class NeuronSettings(BaseModel):
 
     dirs: list[str] = Field(default_factory=lambda: [".genie/neurons", ".forge/neurons"])
     examples: bool = True
-    # The state document keeps the latest this many messages (older ones are removed).
-    max_messages: int = Field(default=200, ge=1, le=10_000)
 
 
 class AttachmentSettings(BaseModel):
@@ -518,6 +518,22 @@ class Settings(BaseSettings):
         if key:
             auth["admin_key"] = key
         return {**data, "auth": auth}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _mcp_port_from_environment(cls, data: Any) -> Any:
+        # `MCP_PORT`, the name MCP deployments know, rather than FORGE_SERVER__MCP_PORT; like
+        # every environment variable it wins over the file.
+        value = os.environ.get("MCP_PORT", "").strip()
+        if not value or not isinstance(data, dict):
+            return data
+        if not value.isdigit() or not 0 < int(value) < 65536:
+            raise ValueError(f"MCP_PORT={value!r} is not a port number (1-65535)")
+        server = data.get("server")
+        if isinstance(server, ServerSettings):
+            server = server.model_dump()
+        server = dict(server) if isinstance(server, dict) else {}
+        return {**data, "server": {**server, "mcp_port": int(value)}}
 
     @field_validator("profiles", mode="after")
     @classmethod

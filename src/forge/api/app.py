@@ -15,7 +15,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from forge import __version__
-from forge.api.auth import Authenticate, HideTokens
+from forge.api.auth import Authenticate, AuthLimits, HideTokens
 from forge.api.errors import error_response, install_error_handlers
 from forge.api.keys import keys_router
 from forge.api.multipart import ATTACHMENT_PATHS, MultipartMessages
@@ -26,7 +26,7 @@ from forge.api.worktrees import worktrees_router
 from forge.api.ws import ws_router
 from forge.config import Settings
 from forge.core.platform import Platform
-from forge.mcp.http import McpHttp
+from forge.mcp.http import McpHttp, McpPortError
 
 MAX_BODY_BYTES = 2 * 1024 * 1024
 
@@ -77,9 +77,13 @@ def _too_large(limit: int) -> str:
     return f"request bodies are limited to {limit} bytes here"
 
 
-def create_app(settings: Settings) -> FastAPI:
-    """An app that starts a `Platform` for `settings` on startup and stops it on shutdown."""
-    mcp = McpHttp(settings)
+def create_app(settings: Settings, mcp: McpHttp | None = None) -> FastAPI:
+    """An app that starts a `Platform` for `settings` on startup and stops it on shutdown.
+    `mcp` serves `/mcp` (and `[server] mcp_port`); one of its own if not given."""
+    mcp = mcp or McpHttp(settings)
+    # One set of allowances for every port: a key's requests count once wherever they arrive.
+    limits = AuthLimits(settings.auth)
+    mcp_port_app = _mcp_port_app(settings, mcp, limits) if settings.server.mcp_port else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -87,8 +91,9 @@ def create_app(settings: Settings) -> FastAPI:
         await platform.start()
         app.state.platform = platform
         try:
-            # MCP at /mcp (and on MCP_PORT, if set): its transport runs as long as the app.
-            async with mcp.running(platform):
+            # MCP at /mcp (and on [server] mcp_port, if set): its transport runs as long as
+            # the app.
+            async with mcp.running(platform, mcp_port_app):
                 yield
         finally:
             platform.begin_shutdown()
@@ -111,7 +116,7 @@ def create_app(settings: Settings) -> FastAPI:
         BodySizeLimit, max_bytes=MAX_BODY_BYTES, message_max_bytes=MAX_BODY_BYTES + attachments
     )
     # Added last, so it runs first: nothing is read from an unauthenticated request.
-    app.add_middleware(Authenticate, settings=settings.auth)
+    app.add_middleware(Authenticate, settings=settings.auth, limits=limits)
     app.include_router(router)
     app.include_router(worktrees_router)
     app.include_router(sessions_router)
@@ -120,6 +125,17 @@ def create_app(settings: Settings) -> FastAPI:
     app.include_router(neurons_ws_router)
     app.include_router(keys_router)
     app.include_router(health_router)
+    app.router.routes.append(mcp.route())
+    return app
+
+
+def _mcp_port_app(settings: Settings, mcp: McpHttp, limits: AuthLimits) -> FastAPI:
+    """`/mcp` alone, for `[server] mcp_port`: the same `Authenticate` (and `limits`), body limit
+    and error answers as the main app."""
+    app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=MAX_BODY_BYTES)
+    app.add_middleware(Authenticate, settings=settings.auth, limits=limits)
     app.router.routes.append(mcp.route())
     return app
 
@@ -182,7 +198,14 @@ def run_server(settings: Settings, *, log_level: str = "info") -> None:
     """Serve the API until SIGINT or SIGTERM. On a stop signal Forge stops taking requests,
     ends live streams, records the webhook outcomes it knows and leaves the runners running
     (with the events it has not stored yet) for the next start to reattach to."""
-    app = create_app(settings)
+    mcp = McpHttp(settings)
+    try:
+        # Before the platform starts (and migrates): a port that cannot be bound is one line.
+        mcp.listen()
+    except McpPortError as exc:
+        logging.getLogger(__name__).error("%s", exc)
+        raise SystemExit(1) from None
+    app = create_app(settings, mcp)
     ws = settings.websocket
     config = uvicorn.Config(
         app,

@@ -71,16 +71,29 @@ def _token_of(scope: Scope) -> str | None:
     return None
 
 
-class Authenticate:
-    """Refuse requests without a valid key (401) or over their key's rate (429); tell the
-    routes who the caller is."""
+class AuthLimits:
+    """The allowances `Authenticate` spends: requests per key, and wrong keys per client
+    address. One per server, shared by every app it serves (the API's port and `MCP_PORT`), so
+    a key's requests count once wherever they arrive."""
 
-    def __init__(self, app: ASGIApp, settings: AuthSettings) -> None:
-        self.app = app
-        self.settings = settings
-        self.limiter = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
+    def __init__(self, settings: AuthSettings) -> None:
+        self.requests = RateLimiter(settings.rate_limit_per_minute, settings.rate_limit_burst)
         # Wrong keys, per client address: guessing costs a database read each.
         self.failures = RateLimiter(settings.failed_auth_per_minute, settings.failed_auth_burst)
+
+
+class Authenticate:
+    """Refuse requests without a valid key (401) or over their key's rate (429); tell the
+    routes who the caller is. `limits` are the allowances it spends (its own if not given)."""
+
+    def __init__(
+        self, app: ASGIApp, settings: AuthSettings, limits: AuthLimits | None = None
+    ) -> None:
+        self.app = app
+        self.settings = settings
+        limits = limits or AuthLimits(settings)
+        self.limiter = limits.requests
+        self.failures = limits.failures
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:

@@ -16,9 +16,9 @@ from urllib.parse import quote
 
 import httpx
 
-from forge.api.neurons import neuron_owner
 from forge.core.auth import Caller
 from forge.core.errors import ForgeError
+from forge.core.neurons import neuron_owner
 from forge.core.schemas import InterruptRequest, MessageCreate
 from forge.core.sessions import SessionStatus, transcript_markdown
 from forge.core.tasks import TaskCreate
@@ -65,7 +65,8 @@ class ForgeBackend(Protocol):
 
 class RemoteError(ForgeError):
     """Raised by `HttpBackend` when the server answers an error (its `error` code, `message`
-    and HTTP status) or cannot be reached (`unavailable`)."""
+    and HTTP status), cannot be reached (`unavailable`), or answers what is not Forge's JSON
+    (`bad_response`)."""
 
     def __init__(self, status_code: int, code: str, message: str) -> None:
         super().__init__(message, code=code)
@@ -190,7 +191,21 @@ class HttpBackend:
         return response
 
     async def _json(self, method: str, path: str, **kwargs: Any) -> JSON:
-        data: JSON = (await self._call(method, path, **kwargs)).json()
+        response = await self._call(method, path, **kwargs)
+        try:
+            data = response.json()
+        except ValueError:
+            data = None
+        if not isinstance(data, dict):
+            # Something answers at the base URL, but not Forge (a wrong port, a proxy's page).
+            kind = response.headers.get("content-type") or "no content type"
+            raise RemoteError(
+                502,
+                "bad_response",
+                f"{self.base_url} answered {method} {path} with HTTP {response.status_code} "
+                f"and {kind}, not Forge's JSON: is it a Forge server (--base-url, "
+                "FORGE_BASE_URL)?",
+            )
         return data
 
     async def create_task(self, body: TaskCreate) -> JSON:

@@ -1,7 +1,8 @@
 """MCP over Streamable HTTP: at `/mcp` on Forge's own app, and also on a port of its own when
-the environment variable `MCP_PORT` is set (same host as `[server] host`, same API keys).
+`[server] mcp_port` (or the environment variable `MCP_PORT`) is set: same host as `[server]
+host`, same API keys.
 
-The transport is stateless with JSON answers: every MCP request is one HTTP request that
+The transport is stateless with JSON answers: every MCP request is one HTTP `POST` that
 `Authenticate` has already checked, and the tools act for that request's caller. No MCP session
 lives in one process, so any replica can answer any request.
 """
@@ -10,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import socket
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -19,18 +19,16 @@ import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
 from mcp.server.streamable_http_manager import StreamableHTTPASGIApp
 from starlette.applications import Starlette
-from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
 
-from forge.api.auth import Authenticate, caller_of
+from forge.api.auth import caller_of
 from forge.config import Settings
 from forge.core.platform import Platform
 from forge.mcp.backend import ForgeBackend, InProcessBackend
 from forge.mcp.tools import build_server
 
 MCP_PATH = "/mcp"
-MCP_PORT_VARIABLE = "MCP_PORT"
 # Requests still in flight on the MCP port get this long once Forge stops.
 _GRACEFUL_SECONDS = 5
 
@@ -47,20 +45,16 @@ def in_process_backend(ctx: Context) -> ForgeBackend:
     return InProcessBackend(platform, caller_of(request))
 
 
-def mcp_port() -> int | None:
-    """The port in `MCP_PORT`, if set (ValueError if it is not a port number)."""
-    value = os.environ.get(MCP_PORT_VARIABLE, "").strip()
-    if not value:
-        return None
-    if not value.isdigit() or not 0 < int(value) < 65536:
-        raise ValueError(f"{MCP_PORT_VARIABLE}={value!r} is not a port number (1-65535)")
-    return int(value)
+class McpPortError(RuntimeError):
+    """Raised by `McpHttp.listen` when `[server] mcp_port` cannot be bound (taken, or not
+    allowed); the message says which address and why, in one line."""
 
 
 class McpHttp:
-    """Forge's MCP server over Streamable HTTP for one app: `route` is mounted at `/mcp`, and
-    `running(platform)` (in the app's lifespan) runs the transport and, with `MCP_PORT`, the
-    second listener."""
+    """Forge's MCP server over Streamable HTTP for one app: `route` is mounted at `/mcp`;
+    `listen()` binds `[server] mcp_port` early (before the platform starts); and
+    `running(platform, port_app)` (in the app's lifespan) runs the transport and serves
+    `port_app` (`/mcp` alone, wrapped as the main app is) on that port."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -75,39 +69,50 @@ class McpHttp:
             host=settings.server.host,
         )
         self.endpoint = StreamableHTTPASGIApp(self.server.session_manager)
+        self._socket: socket.socket | None = None
         # Stateless, the SDK would log the end of every request at INFO.
         logging.getLogger("mcp.server.streamable_http").setLevel(logging.WARNING)
 
     def route(self) -> Route:
-        return Route(
-            MCP_PATH, endpoint=self.endpoint, methods=["GET", "POST", "DELETE"], name="mcp"
-        )
+        # POST only: stateless, there is no session for a GET stream to follow (the SDK would
+        # hold it open for nothing) nor for a DELETE to end. Others answer 405, `Allow: POST`.
+        return Route(MCP_PATH, endpoint=self.endpoint, methods=["POST"], name="mcp")
 
-    @asynccontextmanager
-    async def running(self, platform: Platform) -> AsyncIterator[None]:
-        async with self.server.session_manager.run():
-            port = mcp_port()
-            if port is None:
-                yield
-                return
-            async with self._own_port(platform, port):
-                yield
-
-    @asynccontextmanager
-    async def _own_port(self, platform: Platform, port: int) -> AsyncIterator[None]:
-        """`/mcp` alone on `port`, behind the same `Authenticate` as the main app."""
+    def listen(self) -> None:
+        """Bind `[server] mcp_port`, if set and not bound yet (McpPortError if it cannot be)."""
+        port = self.settings.server.mcp_port
+        if port is None or self._socket is not None:
+            return
         host = self.settings.server.host
-        app = Starlette(
-            routes=[self.route()],
-            middleware=[Middleware(Authenticate, settings=self.settings.auth)],
-        )
-        # `Authenticate` and the tools find the platform on the app, as on the main one.
-        app.state.platform = platform
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         try:
-            sock = socket.create_server((host, port), family=family)
+            self._socket = socket.create_server((host, port), family=family)
         except OSError as exc:
-            raise RuntimeError(f"cannot listen for MCP on {host}:{port}: {exc}") from exc
+            raise McpPortError(
+                f"cannot listen for MCP on {host}:{port} ([server] mcp_port or MCP_PORT): "
+                f"{exc.strerror or exc}"
+            ) from exc
+
+    @asynccontextmanager
+    async def running(
+        self, platform: Platform, port_app: Starlette | None = None
+    ) -> AsyncIterator[None]:
+        """Run the transport; with `port_app`, serve it on `[server] mcp_port` meanwhile."""
+        if port_app is not None:
+            # Bound before the session manager's task group: a failure is one clear error.
+            self.listen()
+        async with self.server.session_manager.run():
+            if port_app is None or self._socket is None:
+                yield
+                return
+            # `Authenticate` and the tools find the platform on the app, as on the main one.
+            port_app.state.platform = platform
+            async with self._serve(port_app, self._socket):
+                yield
+
+    @asynccontextmanager
+    async def _serve(self, app: Starlette, sock: socket.socket) -> AsyncIterator[None]:
+        host, port = self.settings.server.host, self.settings.server.mcp_port
         config = uvicorn.Config(
             app,
             lifespan="off",
@@ -116,15 +121,33 @@ class McpHttp:
         )
         server = _SideServer(config)
         task = asyncio.create_task(server.serve(sockets=[sock]))
+
+        def report_end(task: asyncio.Task[None]) -> None:
+            # Forge keeps serving on its main port; whoever runs it should know MCP here ended.
+            if task.cancelled() or server.should_exit:
+                return
+            error = task.exception()
+            log.error(
+                "MCP on http://%s:%d%s stopped serving%s",
+                host,
+                port,
+                MCP_PATH,
+                f": {error!r}" if error else "",
+                exc_info=error,
+            )
+
+        task.add_done_callback(report_end)
         log.info("MCP also listens on http://%s:%d%s", host, port, MCP_PATH)
         try:
             yield
         finally:
             server.should_exit = True
             try:
-                await task
+                if not task.done():
+                    await task
             finally:
                 sock.close()
+                self._socket = None
 
 
 class _SideServer(uvicorn.Server):

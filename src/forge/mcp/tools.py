@@ -11,16 +11,17 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Literal
 
-from mcp.server.mcpserver import Context, MCPServer
+from mcp.server.mcpserver import Context, MCPServer, ResourceSecurity
 from mcp.shared.exceptions import MCPError
 from mcp_types import INTERNAL_ERROR, INVALID_PARAMS, CallToolResult, TextContent, ToolAnnotations
 from pydantic import Field, ValidationError
 
 from forge import __version__
-from forge.core.errors import ForgeError
+from forge.core.errors import ForgeError, InvalidRequest
 from forge.core.neurons import MAX_PROJECT_CHARS
 from forge.core.schemas import (
     MAX_MESSAGE_CHARS,
@@ -86,6 +87,8 @@ RequestId = Annotated[
         description="Your id for this run (idempotency key); Forge makes one if left out.",
     ),
 ]
+
+log = logging.getLogger(__name__)
 
 _READ_ONLY = ToolAnnotations(read_only_hint=True, destructive_hint=False, open_world_hint=False)
 
@@ -301,11 +304,17 @@ def build_server(backend_for: BackendFor) -> MCPServer:
         "owner_id: whose neuron (required with the admin key or auth off); project: the "
         "repository it works in.",
         mime_type="application/json",
+        # `project` is an absolute path by design, which the SDK refuses in a parameter unless
+        # told; here it only names which agent of the neuron to read, as in the REST route.
+        security=ResourceSecurity(exempt_params={"project"}),
     )
     async def neuron_stream(
         name: str, ctx: Context, owner_id: str | None = None, project: str | None = None
     ) -> str:
         async def state() -> JSON:
+            # The check `Project` makes of a tool's argument (the SDK checks none here).
+            if project is not None and not 0 < len(project) <= MAX_PROJECT_CHARS:
+                raise InvalidRequest(f"project must be 1 to {MAX_PROJECT_CHARS} characters")
             neuron = await backend_for(ctx).get_neuron(name, owner_id, project)
             document: JSON = neuron.get("state") or {}
             return document
@@ -338,6 +347,18 @@ def _tool_error(code: str, message: str) -> CallToolResult:
     )
 
 
+def _log_server_error(exc: ForgeError) -> None:
+    # As the REST API's error handler does: a client's mistake is its answer, Forge's own
+    # failure (or an unreachable server, for `forge mcp`) is for the log too.
+    if exc.status_code >= 500:
+        log.error("%s: %s", exc.code, exc.message)
+
+
+def _forge_tool_error(exc: ForgeError) -> CallToolResult:
+    _log_server_error(exc)
+    return _tool_error(exc.code, exc.message)
+
+
 def _validation_message(exc: ValidationError) -> str:
     parts = []
     for error in exc.errors()[:5]:
@@ -352,7 +373,7 @@ async def _answer(call: Callable[[], Awaitable[JSON]]) -> CallToolResult:
     try:
         data = await call()
     except ForgeError as exc:
-        return _tool_error(exc.code, exc.message)
+        return _forge_tool_error(exc)
     except ValidationError as exc:
         return _tool_error("invalid_request", _validation_message(exc))
     return CallToolResult(content=[TextContent(text=json.dumps(data))], structured_content=data)
@@ -362,7 +383,7 @@ async def _answer_text(call: Callable[[], Awaitable[str]]) -> CallToolResult:
     try:
         text = await call()
     except ForgeError as exc:
-        return _tool_error(exc.code, exc.message)
+        return _forge_tool_error(exc)
     return CallToolResult(content=[TextContent(text=text)])
 
 
@@ -372,6 +393,7 @@ async def _read(call: Callable[[], Awaitable[JSON]]) -> str:
     try:
         data = await call()
     except ForgeError as exc:
+        _log_server_error(exc)
         code = INVALID_PARAMS if exc.status_code < 500 else INTERNAL_ERROR
         raise MCPError(
             code, f"{exc.code}: {exc.message}", _error_body(exc.code, exc.message)
