@@ -26,6 +26,7 @@ from forge.api.streams import (
     WS_CLOSE_TIMEOUT_SECONDS,
     WS_CLOSE_TOO_SLOW,
     follow_log,
+    serve_websocket,
 )
 from forge.core.errors import ForgeError, InvalidRequest
 from forge.core.eventlog import StoredEvent
@@ -183,17 +184,7 @@ async def neuron_stream(websocket: WebSocket, name: str) -> None:
         )
 
     frames = platform.neurons.stream(neuron, agent_id, project, version=version, pages=pages)
-    sender = asyncio.create_task(_send(websocket, frames, platform), name=f"neuron-ws:{name}")
-    receiver = asyncio.create_task(_drain(websocket), name=f"neuron-ws-recv:{name}")
-    try:
-        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in (sender, receiver):
-            task.cancel()
-        results = await asyncio.gather(sender, receiver, return_exceptions=True)
-    for result in results:
-        if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect | OSError):
-            log.error("neuron stream of %s failed", name, exc_info=result)
+    await serve_websocket(websocket, _send(websocket, frames, platform), f"neuron {neuron}")
 
 
 async def _send(
@@ -222,10 +213,3 @@ async def _send(
     with contextlib.suppress(WebSocketDisconnect, OSError, RuntimeError, TimeoutError):
         async with asyncio.timeout(WS_CLOSE_TIMEOUT_SECONDS):
             await websocket.close(code=code, reason=reason)
-
-
-async def _drain(websocket: WebSocket) -> None:
-    while True:
-        message = await websocket.receive()
-        if message["type"] == "websocket.disconnect":
-            return

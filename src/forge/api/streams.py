@@ -11,7 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Coroutine, Sequence
+from typing import Any
 
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
@@ -107,6 +108,32 @@ async def sse_stream(
             yield _frames(page) if page else b": keep-alive\n\n"
 
 
+async def serve_websocket(
+    websocket: WebSocket, send: Coroutine[Any, Any, None], label: str
+) -> None:
+    """Run `send` (which writes to the accepted `websocket`) until it ends or the client goes.
+    What the client sends is read and ignored, so that a close from its side is noticed at
+    once. A failure other than the connection's is logged with `label`."""
+    sender = asyncio.create_task(send, name=f"ws-send:{label}")
+    receiver = asyncio.create_task(_drain(websocket), name=f"ws-recv:{label}")
+    try:
+        await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (sender, receiver):
+            task.cancel()
+        results = await asyncio.gather(sender, receiver, return_exceptions=True)
+    for result in results:
+        if isinstance(result, Exception) and not isinstance(result, WebSocketDisconnect | OSError):
+            log.error("websocket stream of %s failed", label, exc_info=result)
+
+
+async def _drain(websocket: WebSocket) -> None:
+    while True:
+        message = await websocket.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+
+
 class WebSocketStream:
     """Sends an agent's events over an accepted WebSocket, one text frame per envelope.
 
@@ -136,25 +163,7 @@ class WebSocketStream:
         self._send_timeout = send_timeout
 
     async def run(self) -> None:
-        sender = asyncio.create_task(self._send_events(), name=f"ws-send:{self._agent_id}")
-        receiver = asyncio.create_task(self._drain_client(), name=f"ws-recv:{self._agent_id}")
-        try:
-            await asyncio.wait({sender, receiver}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for task in (sender, receiver):
-                task.cancel()
-            results = await asyncio.gather(sender, receiver, return_exceptions=True)
-        for result in results:
-            if isinstance(result, Exception) and not isinstance(
-                result, WebSocketDisconnect | OSError
-            ):
-                log.error("websocket stream of %s failed", self._agent_id, exc_info=result)
-
-    async def _drain_client(self) -> None:
-        while True:
-            message = await self._ws.receive()
-            if message["type"] == "websocket.disconnect":
-                return
+        await serve_websocket(self._ws, self._send_events(), f"agent {self._agent_id}")
 
     async def _send_events(self) -> None:
         loop = asyncio.get_running_loop()

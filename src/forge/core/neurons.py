@@ -40,6 +40,7 @@ from forge.core.eventlog import EventBus, EventLog, StoredEvent
 from forge.core.events import utc_timestamp
 from forge.core.profiles import Profile, ProfileCatalog, parse_front_matter
 from forge.core.schemas import AgentCreate, MessageAccepted, MessageCreate
+from forge.patch import apply_operation
 from forge.store.db import Database
 from forge.store.tables import AgentRow, NeuronRow, RunRow, utcnow
 
@@ -254,22 +255,11 @@ def ops_for(doc: dict[str, Any], event: dict[str, Any], *, prompt: str | None) -
 
 
 def apply_op(doc: dict[str, Any], op: Op) -> None:
-    """Apply one operation of the kinds `ops_for` makes (add, replace, remove at a top-level
-    key or a list's end or start) to `doc`, in place."""
-    parts = op["path"].split("/")[1:]
-    if len(parts) == 1:
-        if op["op"] == "replace":
-            doc[parts[0]] = copy.deepcopy(op["value"])
-            return
-    elif len(parts) == 2:
-        target = doc[parts[0]]
-        if op["op"] == "add" and parts[1] == "-":
-            target.append(copy.deepcopy(op["value"]))
-            return
-        if op["op"] == "remove" and parts[1].isdigit():
-            del target[int(parts[1])]
-            return
-    raise ValueError(f"unsupported operation {op}")
+    """Apply one operation to `doc` in place (its value copied: the operation is kept and sent
+    as it is)."""
+    if "value" in op:
+        op = {**op, "value": copy.deepcopy(op["value"])}
+    apply_operation(doc, op)
 
 
 def markdown_sections(text: str) -> list[dict[str, str]]:
