@@ -9,9 +9,11 @@ import json
 import shlex
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jsonpatch
 import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -405,3 +407,26 @@ def test_an_owner_reaches_only_their_own_neurons(
         url + "?user_id=alice", additional_headers={"Authorization": f"Bearer {admin}"}
     ) as ws:
         assert json.loads(ws.recv(timeout=20))["data"]["agent_id"] == alices
+
+
+def test_messages_racing_to_a_new_neuron_share_one_agent(
+    forge_server: Callable[..., ForgeServer], tmp_path: Path
+) -> None:
+    server = forge_server(extra_config=neuron_config(tmp_path))
+
+    def send(i: int) -> str:
+        with httpx.Client(base_url=server.base_url, timeout=60) as http:
+            response = http.post(
+                "/api/v1/neurons/wish/messages",
+                params={"user_id": "carol"},
+                json={"content": f"at once {i}"},
+            )
+        assert response.status_code == 202, response.text
+        agent_id: str = response.json()["agent_id"]
+        return agent_id
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        agents = set(pool.map(send, range(8)))
+    assert len(agents) == 1
+    owned = server.http.get("/api/v1/agents", params={"user_id": "carol"}).json()
+    assert [a["id"] for a in owned["agents"]] == list(agents)

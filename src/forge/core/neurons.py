@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import weakref
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -388,8 +389,10 @@ class NeuronService:
         self.definitions = definitions
         self._folded: OrderedDict[str, Folded] = OrderedDict()
         # One agent is made at a time per neuron, owner and project (the others wait, then find
-        # it). Locks are few and small: one per neuron used, kept for the process's life.
-        self._making: dict[tuple[str, str, str], asyncio.Lock] = {}
+        # it). A lock lives as long as someone holds or waits for it.
+        self._making: weakref.WeakValueDictionary[tuple[str, str, str], asyncio.Lock] = (
+            weakref.WeakValueDictionary()
+        )
 
     def definition(self, name: str) -> Profile:
         profile = self.definitions.get(name.lower())
