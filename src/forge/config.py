@@ -68,6 +68,25 @@ class AuthSettings(BaseModel):
     # How long a checked key is trusted before the database is asked again; a revocation made
     # on another replica takes effect within this time (at once on the replica that made it).
     key_cache_seconds: float = Field(default=10.0, ge=0, le=3600)
+    # Signs the dashboard's session cookies. Unset: derived from the admin key (so every replica
+    # agrees), else a random secret per process (sessions then end with a restart and do not
+    # span replicas). Like the admin key, keep it out of files: FORGE_AUTH__SESSION_SECRET.
+    session_secret: SecretStr | None = Field(default=None, exclude=True)
+    # The cookie's `Secure` attribute: None sets it when the sign-in came over https, true
+    # always (behind a proxy that ends TLS), false never.
+    secure_cookies: bool | None = None
+
+    @field_validator("session_secret")
+    @classmethod
+    def _secret_long_enough(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            value = SecretStr(value.get_secret_value().strip())
+            if len(value.get_secret_value()) < MIN_ADMIN_KEY_CHARS:
+                raise ValueError(
+                    f"[auth] session_secret must be at least {MIN_ADMIN_KEY_CHARS} characters; "
+                    "make one with `openssl rand -hex 32`"
+                )
+        return value
 
     @field_validator("admin_key")
     @classmethod
@@ -408,8 +427,9 @@ class SecretSettings(BaseModel):
 
     Always redacted, without being named here: every `env` value of `[executors.KIND.VARIANT]`,
     `[profiles.NAME]` and agent files, the executors' credential variables in Forge's own
-    environment (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, ...), `FORGE_API_KEY` and the database
-    URL's password. Values shorter than 8 characters are never redacted (see docs/security.md).
+    environment (`ANTHROPIC_API_KEY`, `OPENAI_API_KEY`, ...), `FORGE_API_KEY`, `[auth]
+    session_secret` and the database URL's password. Values shorter than 8 characters are never
+    redacted (see docs/security.md).
     """
 
     model_config = ConfigDict(extra="forbid")

@@ -32,7 +32,16 @@ rate_limit_burst = 1000
 failed_auth_per_minute = 100000
 failed_auth_burst = 100000
 """
-PUBLIC = {("GET", "/healthz"), ("GET", "/readyz")}
+# Reachable without a key, and what they answer then.
+PUBLIC = {
+    ("GET", "/healthz"): 200,
+    ("GET", "/readyz"): 200,
+    # The dashboard's sign-in: whether one is signed in, signing in (with a wrong key here),
+    # signing out.
+    ("GET", "/api/v1/dashboard/session"): 200,
+    ("POST", "/api/v1/dashboard/session"): 401,
+    ("DELETE", "/api/v1/dashboard/session"): 204,
+}
 
 
 def bearer(key: str) -> dict[str, str]:
@@ -101,6 +110,13 @@ ROUTES: dict[tuple[str, str], Case] = {
     ("POST", "/api/v1/neurons/{name}/messages"): Case(202, body={"content": "mine"}),
     ("DELETE", "/api/v1/keys/{key_id}"): Case(403),
     ("GET", "/health"): Case(200),
+    # Bob's own numbers (checked below), never alice's.
+    ("GET", "/api/v1/status"): Case(200),
+    ("GET", "/api/v1/analytics"): Case(200),
+    ("GET", "/api/v1/dashboard/session"): Case(200),
+    # Signing in with alice's key is signing in as alice: a key is the whole credential.
+    ("POST", "/api/v1/dashboard/session"): Case(401, body={"key": "fk_not-a-key"}),
+    ("DELETE", "/api/v1/dashboard/session"): Case(204),
     ("GET", "/healthz"): Case(200),
     ("GET", "/readyz"): Case(200),
 }
@@ -168,7 +184,7 @@ def test_every_route_needs_a_key_and_another_owners_objects_are_not_found(
             **payload,
         )
         if (method, path) in PUBLIC:
-            assert anonymous.status_code == 200, where
+            assert anonymous.status_code == PUBLIC[(method, path)], where
             continue
         assert anonymous.status_code == 401, f"{where}: {anonymous.text}"
         assert anonymous.json()["error"] == "missing_api_key"
@@ -198,6 +214,13 @@ def test_every_route_needs_a_key_and_another_owners_objects_are_not_found(
     # branch.
     assert as_bob.get("/health").json()["agents"]["total"] == 1
     assert as_alice.get("/health").json()["agents"]["total"] == 3
+    # So do the dashboard's numbers.
+    assert as_bob.get("/api/v1/status").json()["sessions"]["total"] == 1
+    assert as_alice.get("/api/v1/status").json()["sessions"]["total"] == 3
+    bob_runs = as_bob.get("/api/v1/analytics").json()["totals"]
+    alice_runs = as_alice.get("/api/v1/analytics").json()["totals"]
+    assert bob_runs["sessions"] == 1 and alice_runs["sessions"] == 3
+    assert alice_runs["runs"] > bob_runs["runs"]
     branch = as_bob.post(
         "/api/v1/agents", json={"repo": str(git_repo), "base_ref": f"forge/{agent['id']}"}
     )

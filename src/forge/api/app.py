@@ -15,7 +15,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from uvicorn.protocols.websockets.websockets_sansio_impl import WebSocketsSansIOProtocol
 
 from forge import __version__
-from forge.api.auth import Authenticate, AuthLimits, HideTokens
+from forge.api.auth import Authenticate, AuthLimits, HideTokens, SessionCookies
+from forge.api.dashboard_routes import mount_dashboard
 from forge.api.errors import error_response, install_error_handlers
 from forge.api.keys import keys_router
 from forge.api.multipart import ATTACHMENT_PATHS, MultipartMessages
@@ -116,7 +117,8 @@ def create_app(settings: Settings, mcp: McpHttp | None = None) -> FastAPI:
         BodySizeLimit, max_bytes=MAX_BODY_BYTES, message_max_bytes=MAX_BODY_BYTES + attachments
     )
     # Added last, so it runs first: nothing is read from an unauthenticated request.
-    app.add_middleware(Authenticate, settings=settings.auth, limits=limits)
+    cookies = SessionCookies(settings.auth)
+    app.add_middleware(Authenticate, settings=settings.auth, limits=limits, cookies=cookies)
     app.include_router(router)
     app.include_router(worktrees_router)
     app.include_router(sessions_router)
@@ -125,6 +127,7 @@ def create_app(settings: Settings, mcp: McpHttp | None = None) -> FastAPI:
     app.include_router(neurons_ws_router)
     app.include_router(keys_router)
     app.include_router(health_router)
+    mount_dashboard(app, cookies, limits)
     app.router.routes.append(mcp.route())
     return app
 

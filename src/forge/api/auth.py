@@ -3,21 +3,27 @@
 `Authenticate` runs before every route (WebSocket included): it finds the key, in order, in
 `Authorization: Bearer <key>`, in a WebSocket subprotocol `bearer.<key>` (browsers cannot set
 headers on a WebSocket; offer `forge` alongside, which the server selects), or in the
-`access_token` query parameter (for `EventSource`). The caller it stands for is put on the
-request's state; routes read it through `OwnerScope`, `CallerOf` and `admin_only`.
+`access_token` query parameter (for `EventSource`). Without any of them, the dashboard's session
+cookie (`SessionCookies`) stands for the key it was signed in with; a request it authenticates
+that changes something (or opens a WebSocket) must come from the server's own origin. The caller
+is put on the request's state; routes read it through `OwnerScope`, `CallerOf` and `admin_only`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import logging
 import re
+import secrets
+import time
 from typing import Annotated
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, urlsplit
 
 from fastapi import Depends, Query
 from fastapi.security import HTTPBearer
-from starlette.requests import HTTPConnection
-from starlette.responses import JSONResponse
+from starlette.requests import HTTPConnection, cookie_parser
+from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
@@ -25,12 +31,19 @@ from forge.api.errors import error_response
 from forge.api.ratelimit import RateLimiter
 from forge.api.streams import AgentGone
 from forge.config import AuthSettings
-from forge.core.auth import Caller
+from forge.core.auth import ADMIN, ApiKeyService, Caller
 from forge.core.platform import Platform
 from forge.core.schemas import NAME_PATTERN
 
-# Reachable without a key: probes and the API's own description.
-PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc"})
+# Reachable without a key: probes, the API's own description, and the dashboard's page (which
+# holds no data: it asks the API, signed in).
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/redoc", "/"})
+UI_PREFIX = "/ui/"
+# Signing in and out, and asking whether one is: reachable without a key.
+SESSION_PATH = "/api/v1/dashboard/session"
+SESSION_COOKIE = "forge_session"
+SESSION_SECONDS = 12 * 3600
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 ANONYMOUS = Caller(key_id="anonymous", owner_id=None)
 SUBPROTOCOL = "forge"
 _BEARER_PROTOCOL = "bearer."
@@ -71,6 +84,121 @@ def _token_of(scope: Scope) -> str | None:
     return None
 
 
+def _cookie_of(scope: Scope) -> str | None:
+    headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+    for name, value in headers:
+        if name == b"cookie":
+            found = cookie_parser(value.decode("latin-1")).get(SESSION_COOKIE)
+            if found:
+                return found
+    return None
+
+
+def _header(scope: Scope, wanted: bytes) -> str | None:
+    headers: list[tuple[bytes, bytes]] = scope.get("headers") or []
+    for name, value in headers:
+        if name == wanted:
+            return value.decode("latin-1")
+    return None
+
+
+def _origin_tuple(origin: str) -> tuple[str, str, int] | None:
+    try:
+        parts = urlsplit(origin.strip().lower())
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
+
+
+def same_origin(scope: Scope) -> bool:
+    """Whether the request's `Origin`, if it has one, is the server's own origin (its scheme
+    and the `Host` it was asked for)."""
+    origin = _header(scope, b"origin")
+    if origin is None:
+        return True
+    host = _header(scope, b"host")
+    scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
+    own = _origin_tuple(f"{scheme}://{host}") if host else None
+    return own is not None and _origin_tuple(origin) == own
+
+
+def is_https(scope: Scope) -> bool:
+    return scope.get("scheme") in ("https", "wss")
+
+
+class SessionCookies:
+    """The dashboard's sign-in: a stateless signed cookie, `v1.<key_id>.<expires_unix>.<hmac>`
+    (HMAC-SHA256, hex), standing for the key it was signed in with (`admin` for the admin key).
+
+    The secret is `[auth] session_secret`, else derived from the admin key (every replica agrees),
+    else random for this process (sessions then end with a restart and do not span replicas). The
+    key behind a cookie is checked on every request, so revoking it ends its sessions; an admin
+    session is also bound to the admin key itself, so changing that key ends them.
+    """
+
+    def __init__(self, settings: AuthSettings) -> None:
+        admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+        if settings.session_secret is not None:
+            self._secret = settings.session_secret.get_secret_value().encode()
+        elif admin:
+            self._secret = hashlib.sha256(b"forge-dashboard-session\0" + admin.encode()).digest()
+        else:
+            self._secret = secrets.token_bytes(32)
+        self._admin_tag = hashlib.sha256(admin.encode()).hexdigest() if admin else None
+        self.secure = settings.secure_cookies
+
+    def _mac(self, key_id: str, expires: int) -> str:
+        message = f"v1.{key_id}.{expires}"
+        if key_id == ADMIN.key_id:
+            message += f".{self._admin_tag}"
+        return hmac.new(self._secret, message.encode(), hashlib.sha256).hexdigest()
+
+    def issue(self, caller: Caller, now: float | None = None) -> str:
+        """A cookie value for `caller`, good for `SESSION_SECONDS`."""
+        expires = int(now if now is not None else time.time()) + SESSION_SECONDS
+        return f"v1.{caller.key_id}.{expires}.{self._mac(caller.key_id, expires)}"
+
+    def key_id_of(self, value: str, now: float | None = None) -> str | None:
+        """The key id a cookie value names, if it is signed here and not expired."""
+        parts = value.split(".")
+        if len(parts) != 4 or parts[0] != "v1":
+            return None
+        if not (parts[2].isascii() and parts[2].isdigit()) or len(parts[2]) > 12:
+            return None
+        key_id, expires = parts[1], int(parts[2])
+        if key_id == ADMIN.key_id and self._admin_tag is None:
+            return None
+        if not hmac.compare_digest(parts[3].encode(), self._mac(key_id, expires).encode()):
+            return None
+        if expires <= (now if now is not None else time.time()):
+            return None
+        return key_id
+
+    async def caller_of(self, value: str, keys: ApiKeyService) -> Caller | None:
+        """Who a cookie value stands for: None when it is not valid, expired, or its key was
+        revoked since."""
+        key_id = self.key_id_of(value)
+        if key_id is None:
+            return None
+        if key_id == ADMIN.key_id:
+            return ADMIN
+        return await keys.caller_by_id(key_id)
+
+    def set_on(self, response: Response, value: str, scope: Scope) -> None:
+        response.headers.append("set-cookie", self._cookie(value, SESSION_SECONDS, scope))
+
+    def clear_on(self, response: Response, scope: Scope) -> None:
+        response.headers.append("set-cookie", self._cookie("", 0, scope))
+
+    def _cookie(self, value: str, max_age: int, scope: Scope) -> str:
+        cookie = f"{SESSION_COOKIE}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}"
+        secure = self.secure if self.secure is not None else is_https(scope)
+        return cookie + "; Secure" if secure else cookie
+
+
 class AuthLimits:
     """The allowances `Authenticate` spends: requests per key, and wrong keys per client
     address. One per server, shared by every app it serves (the API's port and `MCP_PORT`), so
@@ -87,22 +215,42 @@ class Authenticate:
     routes who the caller is. `limits` are the allowances it spends (its own if not given)."""
 
     def __init__(
-        self, app: ASGIApp, settings: AuthSettings, limits: AuthLimits | None = None
+        self,
+        app: ASGIApp,
+        settings: AuthSettings,
+        limits: AuthLimits | None = None,
+        cookies: SessionCookies | None = None,
     ) -> None:
         self.app = app
         self.settings = settings
         limits = limits or AuthLimits(settings)
         self.limiter = limits.requests
         self.failures = limits.failures
+        # None: session cookies are not taken (the MCP port).
+        self.cookies = cookies
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] not in ("http", "websocket") or scope["path"] in PUBLIC_PATHS:
+        path = scope.get("path", "")
+        if (
+            scope["type"] not in ("http", "websocket")
+            or path in PUBLIC_PATHS
+            or path.startswith(UI_PREFIX)
+        ):
+            await self.app(scope, receive, send)
+            return
+        if path == SESSION_PATH and self.cookies is not None:
+            # Signing in and out needs no key, but only from the dashboard's own pages.
+            if _unsafe(scope) and not same_origin(scope):
+                await _refuse(scope, receive, send, _cross_site())
+                return
+            scope.setdefault("state", {})["caller"] = ANONYMOUS
             await self.app(scope, receive, send)
             return
         caller = ANONYMOUS
         if self.settings.enabled:
             token = _token_of(scope)
-            if token is None:
+            cookie = _cookie_of(scope) if token is None and self.cookies is not None else None
+            if token is None and cookie is None:
                 await _refuse(
                     scope,
                     receive,
@@ -110,7 +258,8 @@ class Authenticate:
                     _unauthorized(
                         "missing_api_key",
                         "send your API key as `Authorization: Bearer <key>` (WebSocket: the "
-                        "subprotocol `bearer.<key>`; EventSource: `?access_token=<key>`)",
+                        "subprotocol `bearer.<key>`; EventSource: `?access_token=<key>`), or "
+                        "sign in to the dashboard",
                     ),
                 )
                 return
@@ -121,15 +270,26 @@ class Authenticate:
                 await _refuse(scope, receive, send, _too_many(wait, "failed authentications"))
                 return
             platform: Platform = scope["app"].state.platform
-            found = await platform.keys.authenticate(token)
+            if token is not None:
+                found = await platform.keys.authenticate(token)
+                refusal = _unauthorized(
+                    "invalid_api_key", "the API key is not valid or was revoked"
+                )
+            else:
+                assert cookie is not None and self.cookies is not None
+                found = await self.cookies.caller_of(cookie, platform.keys)
+                refusal = _unauthorized(
+                    "invalid_session",
+                    "the dashboard session is not valid, has expired, or its key was revoked; "
+                    "sign in again",
+                )
+                self.cookies.clear_on(refusal, scope)
             if found is None:
                 self.failures.wait_seconds(address)
-                await _refuse(
-                    scope,
-                    receive,
-                    send,
-                    _unauthorized("invalid_api_key", "the API key is not valid or was revoked"),
-                )
+                await _refuse(scope, receive, send, refusal)
+                return
+            if token is None and _unsafe(scope) and not same_origin(scope):
+                await _refuse(scope, receive, send, _cross_site())
                 return
             caller = found
             wait = self.limiter.wait_seconds(caller.key_id)
@@ -142,6 +302,22 @@ class Authenticate:
                 return
         scope.setdefault("state", {})["caller"] = caller
         await self.app(scope, receive, send)
+
+
+def _unsafe(scope: Scope) -> bool:
+    """A request a cross-site page must not make with the dashboard's cookie: one that changes
+    something, or a WebSocket (which the same-origin policy does not cover)."""
+    return scope["type"] == "websocket" or scope.get("method") in UNSAFE_METHODS
+
+
+def _cross_site() -> JSONResponse:
+    return error_response(
+        403,
+        "csrf_refused",
+        "this request came from another site's page (its Origin is not this server's); the "
+        "dashboard's session works only from the dashboard itself. Other clients send "
+        "`Authorization: Bearer <key>`",
+    )
 
 
 def _too_many(wait: int, what: str) -> JSONResponse:

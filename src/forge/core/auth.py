@@ -173,6 +173,18 @@ class ApiKeyService:
         row = await self._lookup(caller.key_id)
         return row is not None and not row[2]
 
+    async def caller_by_id(self, key_id: str) -> Caller | None:
+        """The caller of the owner's key `key_id` if it exists and is not revoked (for a
+        session that was opened with the key: the dashboard's cookie names the key by id)."""
+        if not key_id.startswith("key_") or not _ID_BODY.match(key_id.removeprefix("key_")):
+            return None
+        if key_id in self._revoked:
+            return None
+        row = await self._lookup(key_id)
+        if row is None or row[2]:
+            return None
+        return Caller(key_id=key_id, owner_id=row[0])
+
     async def _lookup(self, key_id: str) -> tuple[str, str, bool] | None:
         now = time.monotonic()
         cached = self._cache.get(key_id)

@@ -8,6 +8,7 @@ import time
 from forge import __version__
 from forge.config import Settings
 from forge.core.agents import AgentService
+from forge.core.analytics import AnalyticsService
 from forge.core.auth import ApiKeyService
 from forge.core.cluster import AGENTS_CHANNEL, EVENTS_CHANNEL, Cluster
 from forge.core.deliveries import DeliveryService
@@ -75,6 +76,15 @@ class Platform:
         )
         self.deliveries = DeliveryService(
             self.db, endpoint_changed=self.dispatcher.endpoint_changed
+        )
+        self.analytics = AnalyticsService(
+            self.db,
+            agents=self.agents,
+            worktrees=self.worktrees,
+            max_concurrent=settings.sessions.max_concurrent,
+            version=self.version,
+            runtime=self.agents.runtime.name,
+            started_at=self.started_at,
         )
 
     async def start(self) -> None:

@@ -2,11 +2,11 @@
 
 A `SecretRedactor` is built once from the configured secrets (`secret_values`): every value of
 an `env` table (`[executors.KIND.VARIANT]`, `[profiles.NAME]`, agent files), the values the
-executors' `credential_env` variables have in Forge's environment, `FORGE_API_KEY`, the database
-URL's password and the variables named in `[secrets] redact_env`. The event log passes every
-event through it before the event is stored, so the database, the streams, webhooks and
-transcripts never hold one of those values; the runner's log filter does the same for the
-runner's log with the credentials of the runs it is given.
+executors' `credential_env` variables have in Forge's environment, `FORGE_API_KEY`, `[auth]
+session_secret`, the database URL's password and the variables named in `[secrets]
+redact_env`. The event log passes every event through it before the event is stored, so the
+database, the streams, webhooks and transcripts never hold one of those values; the runner's log
+filter does the same for the runner's log with the credentials of the runs it is given.
 
 Values shorter than `MIN_SECRET_CHARS` are not redacted: `1`, `true` or a short word would be
 cut out of ordinary text everywhere.
@@ -119,6 +119,9 @@ def secret_values(
             values += variant.env.values()
     for profile in profiles.all():
         values += profile.env.values()
+    # The key that signs dashboard cookies, from the file or the environment.
+    if settings.auth.session_secret is not None:
+        values.append(settings.auth.session_secret.get_secret_value())
     names = set(PLATFORM_SECRET_ENV) | set(settings.secrets.redact_env)
     for kind in EXECUTOR_CLASSES:
         try:

@@ -80,7 +80,7 @@ class AgentRow(Base):
     # What the runtime needs to find the sandbox again (address, pid, ...).
     sandbox: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     error_message: Mapped[str | None] = mapped_column(Text)
-    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
     deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # The replica supervising the agent's runner (and running its runs) until `lease_expires_at`;
@@ -96,6 +96,9 @@ class RunRow(Base):
     __table_args__ = (
         UniqueConstraint("agent_id", "request_id", name="uq_runs_agent_request"),
         Index("ix_runs_queue", "status", "priority", "created_at"),
+        # Analytics: runs by when they were made, and by when they ran.
+        Index("ix_runs_created_at", "created_at"),
+        Index("ix_runs_started_at", "started_at"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)

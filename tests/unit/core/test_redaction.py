@@ -116,6 +116,7 @@ def test_secret_values_come_from_config_files_and_the_environment(tmp_path: Path
         },
         profiles={"p": {"executor": "command", "command": "env", "env": {"T": "from-a-profile"}}},
         secrets={"redact_env": ["EXTRA_SECRET"]},
+        auth={"session_secret": "the-dashboard-cookie-signing-key"},
     )
     environ = {
         "ANTHROPIC_API_KEY": "platform-anthropic-key",
@@ -134,6 +135,7 @@ def test_secret_values_come_from_config_files_and_the_environment(tmp_path: Path
         "platform-openai-key",
         "the-admin-key-of-forge",
         "named-in-redact-env",
+        "the-dashboard-cookie-signing-key",
     }
     assert "not-a-secret-at-all" not in values
 
