@@ -75,6 +75,9 @@ class AuthSettings(BaseModel):
     # The cookie's `Secure` attribute: None sets it when the sign-in came over https, true
     # always (behind a proxy that ends TLS), false never.
     secure_cookies: bool | None = None
+    # Origins besides the server's own that the dashboard may act from, e.g.
+    # "https://forge.example.com" behind a proxy that terminates TLS or changes the Host header.
+    dashboard_origins: list[str] = Field(default_factory=list)
 
     @field_validator("session_secret")
     @classmethod

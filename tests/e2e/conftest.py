@@ -80,8 +80,9 @@ def browser() -> Iterator[Any]:
 
 
 class BrowserContexts:
-    """The module's browser. Its one context's cookies and storage are cleared between tests,
-    so each test starts signed out with the default owner."""
+    """The module's browser. Its one context's cookies are cleared between tests, so each test
+    starts signed out; the page's local storage (the owner field) is kept for the module's
+    server, whose tests all use the default owner."""
 
     def __init__(self, context: Any) -> None:
         self.context = context
@@ -106,8 +107,11 @@ def page(browser: BrowserContexts, request: pytest.FixtureRequest) -> Iterator[A
         yield page
     finally:
         SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-        page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
-        errors = [m for m in messages if m.startswith("pageerror")]
+        try:
+            page.screenshot(path=str(SCREENSHOTS / f"{request.node.name}.png"), full_page=True)
+        except Exception as exc:  # a crashed page: say so, and still check its errors
+            messages.append(f"screenshot failed: {exc}")
+        errors = [m for m in messages if m.startswith(("pageerror", "screenshot failed"))]
         assert not errors, f"the page raised: {errors}"
 
 

@@ -113,16 +113,20 @@ def _origin_tuple(origin: str) -> tuple[str, str, int] | None:
     return parts.scheme, parts.hostname, port or (443 if parts.scheme == "https" else 80)
 
 
-def same_origin(scope: Scope) -> bool:
+def same_origin(scope: Scope, allowed: tuple[str, ...] = ()) -> bool:
     """Whether the request's `Origin`, if it has one, is the server's own origin (its scheme
-    and the `Host` it was asked for)."""
+    and the `Host` it was asked for) or one of `allowed` (`[auth] dashboard_origins`: the
+    address users reach Forge at through a proxy that changes the scheme or the host)."""
     origin = _header(scope, b"origin")
     if origin is None:
         return True
     host = _header(scope, b"host")
     scheme = {"ws": "http", "wss": "https"}.get(scope.get("scheme", "http"), scope.get("scheme"))
     own = _origin_tuple(f"{scheme}://{host}") if host else None
-    return own is not None and _origin_tuple(origin) == own
+    theirs = _origin_tuple(origin)
+    if theirs is None:
+        return False
+    return theirs == own or any(theirs == _origin_tuple(other) for other in allowed)
 
 
 def is_https(scope: Scope) -> bool:
@@ -228,6 +232,7 @@ class Authenticate:
         self.failures = limits.failures
         # None: session cookies are not taken (the MCP port).
         self.cookies = cookies
+        self.origins = tuple(settings.dashboard_origins)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -240,13 +245,18 @@ class Authenticate:
             return
         if path == SESSION_PATH and self.cookies is not None:
             # Signing in and out needs no key, but only from the dashboard's own pages.
-            if _unsafe(scope) and not same_origin(scope):
+            if _unsafe(scope) and not same_origin(scope, self.origins):
                 await _refuse(scope, receive, send, _cross_site())
                 return
             scope.setdefault("state", {})["caller"] = ANONYMOUS
             await self.app(scope, receive, send)
             return
         caller = ANONYMOUS
+        if not self.settings.enabled and _unsafe(scope) and not same_origin(scope, self.origins):
+            # Without keys, a browser's requests carry no credential at all: another site's
+            # page must not be able to act (nor a DNS-rebinding one to stream) through it.
+            await _refuse(scope, receive, send, _cross_site())
+            return
         if self.settings.enabled:
             token = _token_of(scope)
             cookie = _cookie_of(scope) if token is None and self.cookies is not None else None
@@ -288,7 +298,7 @@ class Authenticate:
                 self.failures.wait_seconds(address)
                 await _refuse(scope, receive, send, refusal)
                 return
-            if token is None and _unsafe(scope) and not same_origin(scope):
+            if token is None and _unsafe(scope) and not same_origin(scope, self.origins):
                 await _refuse(scope, receive, send, _cross_site())
                 return
             caller = found

@@ -169,12 +169,28 @@ async def sign_out(request: Request) -> Response:
     return response
 
 
+# The page and its files: revalidated on every load (an upgrade shows at once), never framed by
+# another page (a frame would click its buttons with the user's cookie), scripts and connections
+# only from Forge itself.
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "X-Frame-Options": "DENY",
+    "Content-Security-Policy": (
+        "default-src 'self'; script-src 'self'; connect-src 'self'; img-src 'self' data:; "
+        "style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; base-uri 'none'; "
+        "form-action 'self'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+
+
 class _UiFiles(StaticFiles):
-    """The dashboard's files, revalidated on every load so an upgrade shows at once."""
+    """The dashboard's files, with `PAGE_HEADERS`."""
 
     async def get_response(self, path: str, scope: Scope) -> Response:
         response = await super().get_response(path, scope)
-        response.headers["Cache-Control"] = "no-cache"
+        response.headers.update(PAGE_HEADERS)
         return response
 
 
@@ -197,7 +213,7 @@ def mount_dashboard(app: FastAPI, cookies: SessionCookies, limits: AuthLimits) -
     async def dashboard_page() -> Response:
         if not index.exists():
             # A checkout without the dashboard's files still answers `/`.
-            return HTMLResponse(_PLACEHOLDER, headers={"Cache-Control": "no-cache"})
-        return FileResponse(index, media_type="text/html", headers={"Cache-Control": "no-cache"})
+            return HTMLResponse(_PLACEHOLDER, headers=PAGE_HEADERS)
+        return FileResponse(index, media_type="text/html", headers=PAGE_HEADERS)
 
     app.mount("/ui", _UiFiles(directory=DASHBOARD_DIR, check_dir=False), name="ui")

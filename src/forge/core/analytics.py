@@ -378,7 +378,8 @@ class AnalyticsService:
                     ),
                 )
             )
-            .order_by(RunRow.id)
+            # Past the cap, the newest are kept (ids grow with time).
+            .order_by(RunRow.id.desc())
             .limit(MAX_ROWS + 1)
         )
         last_finish = (
@@ -398,7 +399,7 @@ class AnalyticsService:
                 AgentRow.created_at < span.until,
                 or_(AgentRow.deleted_at.is_(None), AgentRow.deleted_at > span.since),
             )
-            .order_by(AgentRow.id)
+            .order_by(AgentRow.id.desc())
             .limit(MAX_ROWS + 1)
         )
         if owner_id is not None:

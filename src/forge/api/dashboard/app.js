@@ -1120,7 +1120,7 @@ function statusView() {
   async function refresh() {
     let s;
     try {
-      s = await api(`${API}/status`, { scoped: false });
+      s = await api(`${API}/status`);
     } catch (error) {
       content.replaceChildren(errorBanner(error));
       return;
@@ -1177,9 +1177,9 @@ function analyticsView() {
     const since = new Date(until.getTime() - r.seconds * 1000);
     let data;
     try {
+      // In the browser's offset: the server makes whole local hours and days of it.
       data = await api(`${API}/analytics`, {
-        params: { since: since.toISOString(), until: until.toISOString(), bucket: r.bucket },
-        scoped: false,
+        params: { since: localIso(since), until: localIso(until), bucket: r.bucket },
       });
     } catch (error) {
       content.replaceChildren(errorBanner(error));
@@ -1197,6 +1197,15 @@ function analyticsView() {
   return null;
 }
 
+function localIso(date) {
+  const pad = (n) => String(Math.trunc(Math.abs(n))).padStart(2, "0");
+  const offset = -date.getTimezoneOffset();
+  const sign = offset >= 0 ? "+" : "-";
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}` +
+    `T${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}` +
+    `${sign}${pad(offset / 60)}:${pad(offset % 60)}`;
+}
+
 function renderAnalytics(content, data) {
   const t = data.totals || {};
   const series = data.series || [];
@@ -1207,6 +1216,8 @@ function renderAnalytics(content, data) {
   };
   const profiles = data.profiles || [];
   content.replaceChildren(
+    data.truncated ? h("p", { class: "error-text", testid: "analytics-truncated" },
+      "More runs than one answer holds matched: the oldest are left out. Choose a shorter range.") : "",
     h("div", { class: "cards" },
       card("Sessions", formatNumber(t.sessions), "analytics-sessions"),
       card("Runs", formatNumber(t.runs), "analytics-runs", `${formatNumber(t.succeeded)} succeeded, ${formatNumber(t.failed)} failed`),
@@ -1219,8 +1230,8 @@ function renderAnalytics(content, data) {
     h("div", { class: "charts" },
       chartPanel("Runs", "chart-runs", barChart(series.map((s) => ({
         label: label(s.start),
-        values: [Number(s.succeeded || 0), Math.max(0, Number(s.runs || 0) - Number(s.succeeded || 0))],
-      })), ["succeeded", "other"]), [["Succeeded", "var(--accent)"], ["Failed or interrupted", "var(--bad)"]]),
+        values: [Number(s.succeeded || 0), Number(s.errors || 0)],
+      })), ["succeeded", "errors"]), [["Succeeded", "var(--accent)"], ["Errors", "var(--bad)"]]),
       chartPanel("Token use", "chart-tokens", lineChart(series.map((s) => label(s.start)), [
         series.map((s) => Number(s.input_tokens || 0)),
         series.map((s) => Number(s.output_tokens || 0)),
