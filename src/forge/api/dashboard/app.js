@@ -864,17 +864,21 @@ function sessionView(id) {
   }
 
   // -- actions
+  // A message (or a resume's): sent, remembered for the transcript, and the box emptied.
+  async function sendText(url, body, text) {
+    const accepted = await api(url, { method: "POST", body });
+    prompts.set(accepted.request_id, text);
+    messageBox.value = "";
+    say(null);
+    refreshSession().catch(() => {});
+  }
   composer.addEventListener("submit", async (event) => {
     event.preventDefault();
     const text = messageBox.value.trim();
     if (!text) return;
     sendButton.disabled = true;
     try {
-      const accepted = await api(`${agentBase}/messages`, { method: "POST", body: { content: text } });
-      prompts.set(accepted.request_id, text);
-      messageBox.value = "";
-      say(null);
-      refreshSession().catch(() => {});
+      await sendText(`${agentBase}/messages`, { content: text }, text);
     } catch (error) {
       say(error);
     } finally {
@@ -910,11 +914,7 @@ function sessionView(id) {
       return;
     }
     try {
-      const accepted = await api(`${base}/resume`, { method: "POST", body: { prompt: text } });
-      prompts.set(accepted.request_id, text);
-      messageBox.value = "";
-      say(null);
-      refreshSession().catch(() => {});
+      await sendText(`${base}/resume`, { prompt: text }, text);
     } catch (error) {
       say(error);
     }
