@@ -120,9 +120,3 @@ def start_server(root: Path, extra_config: str, env: dict[str, str] | None = Non
     server = ForgeServer(root, extra_config, env=env)
     server.start()
     return server
-
-
-def stop_server(server: ForgeServer) -> None:
-    server.stop()
-    server.kill_runners()
-    server.http.close()

@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import start_server
 from tests.integration.conftest import ForgeServer, make_repository
 from tests.support.model_server import Reply, Script, ScriptedModelServer, ToolCall
 
@@ -102,7 +102,7 @@ env = {{ OPENAI_BASE_URL = "{model.url}/v1", OPENAI_API_KEY = "test-key" }}
     try:
         yield forge
     finally:
-        stop_server(forge)
+        forge.close()
 
 
 @pytest.fixture(scope="module")

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.conftest import start_server, stop_server
+from tests.e2e.conftest import start_server
 from tests.integration.conftest import ForgeServer
 
 pytestmark = pytest.mark.integration
@@ -27,7 +27,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ForgeServer]:
     try:
         yield forge
     finally:
-        stop_server(forge)
+        forge.close()
 
 
 def test_sign_in_with_a_key_and_an_httponly_cookie(page: Page, server: ForgeServer) -> None:

@@ -182,6 +182,12 @@ interrupt_grace_seconds = 1.0
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def close(self) -> None:
+        """Stop the server, end its runners (which outlive it by design) and the client."""
+        self.stop()
+        self.kill_runners()
+        self.http.close()
+
     # ---- helpers ---------------------------------------------------------------------------------
 
     def create_agent(self, **body: Any) -> dict[str, Any]:
@@ -239,9 +245,7 @@ def forge_server(tmp_path: Path) -> Iterator[Callable[..., ForgeServer]]:
 
     yield make
     for server in servers:
-        server.stop()
-        server.kill_runners()
-        server.http.close()
+        server.close()
 
 
 def git(*args: str, cwd: Path) -> str:

@@ -103,9 +103,7 @@ def seeded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Seeded]:
         assert task.status_code == 201, task.text
         yield Seeded(server, owner_key, agent["id"], task.json()["task_id"])
     finally:
-        server.stop()
-        server.kill_runners()
-        server.http.close()
+        server.close()
 
 
 def _schemathesis_config(seeded: Seeded) -> str:

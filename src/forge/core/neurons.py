@@ -568,11 +568,11 @@ class NeuronService:
         if frames:
             yield frames
         async for page in pages(folded.seq):
-            prompts = await self._prompts(agent_id, page)
+            events = [json.loads(event.body) for event in page]
+            prompts = await self._prompts(agent_id, events)
             frames = []
-            for event in page:
-                ops = self._ops(folded, json.loads(event.body), prompts)
-                frames += self._send(name, folded, ops)
+            for event in events:
+                frames += self._send(name, folded, self._ops(folded, event, prompts))
             if frames:
                 self._remember(agent_id, folded)
                 yield frames
@@ -620,9 +620,10 @@ class NeuronService:
         reaches that version, yielding the event's operations still to apply (if any)."""
         while True:
             page = await self.eventlog.read_stored(agent_id, after=folded.seq, limit=_PAGE)
-            prompts = await self._prompts(agent_id, page)
-            for stored in page:
-                ops = self._ops(folded, json.loads(stored.body), prompts)
+            events = [json.loads(stored.body) for stored in page]
+            prompts = await self._prompts(agent_id, events)
+            for stored, event in zip(page, events, strict=True):
+                ops = self._ops(folded, event, prompts)
                 if stop_at is not None and folded.version + len(ops) > stop_at:
                     done = stop_at - folded.version
                     for op in ops[:done]:
@@ -635,12 +636,13 @@ class NeuronService:
             if len(page) < _PAGE:
                 return
 
-    async def _prompts(self, agent_id: str, page: Sequence[StoredEvent]) -> dict[str, str]:
-        """The messages of the runs that start in `page`, by request id."""
+    async def _prompts(self, agent_id: str, events: Sequence[dict[str, Any]]) -> dict[str, str]:
+        """The messages of the runs that start among `events` (parsed envelopes), by request
+        id."""
         wanted = {
-            body["request_id"]
-            for body in (json.loads(e.body) for e in page if e.event_type == "agent.status")
-            if body.get("request_id")
+            event["request_id"]
+            for event in events
+            if event.get("event_type") == "agent.status" and event.get("request_id")
         }
         if not wanted:
             return {}
