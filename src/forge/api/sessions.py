@@ -9,7 +9,7 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as FastPath
 from fastapi.responses import PlainTextResponse
-from pydantic import AwareDatetime, BaseModel, BeforeValidator, Field
+from pydantic import AwareDatetime, BeforeValidator
 
 from forge.api.auth import CallerOf, OwnerScope, bearer_scheme
 from forge.api.routes import (
@@ -19,7 +19,7 @@ from forge.api.routes import (
     AgentId,
     platform_of,
 )
-from forge.core.schemas import MAX_MESSAGE_CHARS, ErrorBody, MessageAccepted, MessageCreate
+from forge.core.schemas import ErrorBody, MessageAccepted, MessageCreate, ResumeRequest
 from forge.core.sessions import (
     Session,
     SessionPage,
@@ -107,11 +107,6 @@ async def get_transcript(
     if format == "markdown":
         return PlainTextResponse(transcript_markdown(transcript), media_type="text/markdown")
     return transcript
-
-
-class ResumeRequest(BaseModel):
-    prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
-    priority: int = Field(default=0, ge=-1000, le=1000)
 
 
 @sessions_router.post(

@@ -222,6 +222,13 @@ class MessageAccepted(BaseModel):
     status: Literal["processing", "queued"]
 
 
+class ResumeRequest(BaseModel):
+    """Body of `POST /api/v1/sessions/{id}/resume`."""
+
+    prompt: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    priority: int = Field(default=0, ge=-1000, le=1000)
+
+
 class InterruptRequest(_Request):
     """Body of `POST /api/v1/agents/{id}/interrupt` (may be empty)."""
 

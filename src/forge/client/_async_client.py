@@ -1,0 +1,555 @@
+"""`AsyncForgeClient`: Forge's API from asyncio code."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+from datetime import datetime
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+from websockets.asyncio.client import connect as websocket_connect
+from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
+
+from forge.client import _calls as calls
+from forge.client._base import (
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT_SECONDS,
+    connection_error,
+    default_headers,
+    resolve_api_key,
+    resolve_base_url,
+    websocket_url,
+)
+from forge.client._exceptions import ForgeClientError
+from forge.client._stream import (
+    DEFAULT_RECONNECT_FOR_SECONDS,
+    MAX_FRAME_BYTES,
+    SSE_TIMEOUT,
+    WS_OPEN_TIMEOUT_SECONDS,
+    Resumption,
+    SseDecoder,
+    Transport,
+    check_transport,
+    dropped,
+    refusal,
+    stream_ended,
+)
+from forge.client.models import (
+    Agent,
+    AgentCreate,
+    AgentList,
+    AgentUpdate,
+    Analytics,
+    ApiKey,
+    ApiKeyCreate,
+    ApiKeyCreated,
+    ApiKeyList,
+    Bucket,
+    CleanupReport,
+    DashboardStatus,
+    Delivery,
+    DeliveryPage,
+    DeliveryStatus,
+    EventEnvelope,
+    EventPage,
+    FileView,
+    Health,
+    InterruptAccepted,
+    InterruptRequest,
+    MergeRequest,
+    MergeResult,
+    MessageAccepted,
+    MessageCreate,
+    Neuron,
+    NeuronAccepted,
+    NeuronList,
+    NeuronMessage,
+    PermissionAnswer,
+    PermissionDecision,
+    PermissionList,
+    ProfileList,
+    ResumeRequest,
+    Session,
+    SessionDiff,
+    SessionPage,
+    SessionStatus,
+    Task,
+    TaskCreate,
+    TaskList,
+    Transcript,
+    WorktreeList,
+)
+from forge.client.models import Permission as PermissionModel
+
+T = TypeVar("T")
+
+
+class AsyncForgeClient:
+    """A client of one Forge server.
+
+        async with AsyncForgeClient() as forge:  # as ForgeClient finds the server and key
+            agent = await forge.create_agent(profile="claude", repo="/srv/repo", wait=True)
+            run = await forge.send_message(agent.id, "Add a README")
+            async for event in forge.stream(agent.id, request_id=run.request_id):
+                print(event.event_type, event.seq)
+
+    Every method sends one request and returns the server's answer as its pydantic model; an
+    error answer raises a `ForgeClientError` carrying the server's `code` and `message`. Reads
+    are retried on 429/502/503/504 and on a dropped connection (`max_retries` times); writes
+    only when the server never received them. `user_id` is for the admin key (or a server with
+    authentication off): it names the owner to act for.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        timeout: float = DEFAULT_TIMEOUT_SECONDS,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        headers: Mapping[str, str] | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self.base_url = resolve_base_url(base_url)
+        self.max_retries = max_retries
+        self._headers = default_headers(resolve_api_key(api_key), headers)
+        self._http = httpx.AsyncClient(
+            base_url=self.base_url, headers=self._headers, timeout=timeout, transport=transport
+        )
+
+    async def __aenter__(self) -> AsyncForgeClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+    async def send(self, call: calls.Call[T]) -> T:
+        """Send `call`, retrying as the class says, and read its answer."""
+        attempt = 0
+        while True:
+            outcome: httpx.Response | Exception
+            try:
+                outcome = await self._http.request(
+                    call.method,
+                    call.path,
+                    params=call.query(),
+                    content=call.content(),
+                    headers={"Content-Type": "application/json"} if call.body else None,
+                )
+            except httpx.TransportError as exc:
+                outcome = exc
+            delay = calls.retry_delay(call, attempt, self.max_retries, outcome)
+            if delay is None:
+                if isinstance(outcome, Exception):
+                    raise connection_error(outcome, f"{call.method} {call.path}") from outcome
+                return call.answer(outcome)
+            await asyncio.sleep(delay)
+            attempt += 1
+
+    # ---- agents ----------------------------------------------------------------------------
+
+    async def create_agent(
+        self, body: AgentCreate | None = None, /, *, wait: bool = False, **fields: Any
+    ) -> Agent:
+        """A new agent, from `body` or from the fields of `AgentCreate` (`profile`, `repo`,
+        `base_ref`, `owner_id`, ...). With `wait`, answered once its sandbox is ready."""
+        return await self.send(calls.create_agent(calls.build(AgentCreate, body, fields), wait))
+
+    async def list_agents(
+        self, *, user_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> AgentList:
+        """A page of agents, newest first; pass `next_cursor` as `cursor` for the next."""
+        return await self.send(calls.list_agents(user_id, limit, cursor))
+
+    async def get_agent(self, agent_id: str, *, user_id: str | None = None) -> Agent:
+        return await self.send(calls.get_agent(agent_id, user_id))
+
+    async def update_agent(
+        self, agent_id: str, *, model: str | None, user_id: str | None = None
+    ) -> Agent:
+        """Change the model of the agent's next runs (None: back to its profile's)."""
+        body = calls.build(AgentUpdate, None, {"model": model})
+        return await self.send(calls.update_agent(agent_id, body, user_id))
+
+    async def delete_agent(
+        self,
+        agent_id: str,
+        *,
+        graceful: bool = True,
+        purge: bool = False,
+        user_id: str | None = None,
+    ) -> None:
+        """Delete the agent (letting its run end cleanly with `graceful`); `purge` removes its
+        worktree and branch too."""
+        await self.send(calls.delete_agent(agent_id, graceful, purge, user_id))
+
+    async def list_profiles(self) -> ProfileList:
+        return await self.send(calls.list_profiles())
+
+    # ---- runs ------------------------------------------------------------------------------
+
+    async def send_message(
+        self,
+        agent_id: str,
+        message: str | MessageCreate,
+        /,
+        *,
+        user_id: str | None = None,
+        **fields: Any,
+    ) -> MessageAccepted:
+        """Queue a run: `message` is its text (with `MessageCreate`'s other fields as keywords:
+        `attachments`, `webhook_url`, `webhook_secret`, `request_id`, `priority`) or a whole
+        `MessageCreate`. Answered at once (202); follow it with `stream`."""
+        body = calls.message_body(MessageCreate, message, fields)
+        return await self.send(calls.send_message(agent_id, body, user_id))
+
+    async def interrupt(
+        self,
+        agent_id: str,
+        *,
+        request_id: str | None = None,
+        webhook_url: str | None = None,
+        user_id: str | None = None,
+    ) -> InterruptAccepted:
+        """Stop the agent's current run (or run `request_id`)."""
+        fields = {"request_id": request_id, "webhook_url": webhook_url}
+        body = calls.build(InterruptRequest, None, {k: v for k, v in fields.items() if v})
+        return await self.send(calls.interrupt(agent_id, body, user_id))
+
+    async def list_permissions(
+        self, agent_id: str, *, pending: bool = False, user_id: str | None = None
+    ) -> PermissionList:
+        """The tool calls that waited (with `pending`, still wait) for approval."""
+        return await self.send(calls.list_permissions(agent_id, pending, user_id))
+
+    async def answer_permission(
+        self,
+        agent_id: str,
+        permission_id: str,
+        decision: PermissionDecision,
+        *,
+        message: str | None = None,
+        user_id: str | None = None,
+    ) -> PermissionModel:
+        """Allow the waiting tool call `once` or `always`, or `reject` it (telling the agent
+        `message`)."""
+        body = calls.build(PermissionAnswer, None, {"decision": decision, "message": message})
+        return await self.send(calls.answer_permission(agent_id, permission_id, body, user_id))
+
+    # ---- events and webhook deliveries -----------------------------------------------------
+
+    async def events(
+        self, agent_id: str, *, after: int = 0, limit: int = 100, user_id: str | None = None
+    ) -> EventPage:
+        """One page of the agent's event log: events with `seq` > `after`."""
+        return await self.send(calls.events(agent_id, after, limit, user_id))
+
+    async def iter_events(
+        self, agent_id: str, *, after: int = 0, user_id: str | None = None
+    ) -> AsyncIterator[EventEnvelope]:
+        """Every event already in the log after `after`, page by page; ends at the last one.
+        (`stream` goes on live.)"""
+        while True:
+            page = await self.events(agent_id, after=after, limit=1000, user_id=user_id)
+            for event in page.events:
+                yield EventEnvelope.model_validate(event)
+            if not page.has_more:
+                return
+            after = page.next_after
+
+    def stream(
+        self,
+        agent_id: str,
+        *,
+        after: int = 0,
+        request_id: str | None = None,
+        transport: Transport = "sse",
+        user_id: str | None = None,
+        reconnect_for: float | None = DEFAULT_RECONNECT_FOR_SECONDS,
+    ) -> AsyncEventStream:
+        """The agent's events with `seq` > `after`, live, each exactly once: the stream
+        reconnects by itself (server restarts, dropped connections) and resumes after the last
+        `seq` it yielded. With `request_id`, only that run's events, ending with its final
+        one; otherwise it ends when the agent is deleted. `transport` is `sse` or `websocket`.
+        Raises `StreamLostError` after `reconnect_for` seconds without a connection (None:
+        never)."""
+        check_transport(transport)
+        state = Resumption(agent_id, after, request_id, reconnect_for)
+        return AsyncEventStream(self, state, transport, user_id)
+
+    async def list_deliveries(
+        self,
+        agent_id: str,
+        *,
+        status: DeliveryStatus | None = None,
+        after: int = 0,
+        limit: int = 100,
+        user_id: str | None = None,
+    ) -> DeliveryPage:
+        """The agent's webhook deliveries in `seq` order."""
+        return await self.send(calls.list_deliveries(agent_id, status, after, limit, user_id))
+
+    async def redeliver(self, delivery_id: str, *, user_id: str | None = None) -> Delivery:
+        """Send the delivery again (and re-enable its endpoint)."""
+        return await self.send(calls.redeliver(delivery_id, user_id))
+
+    # ---- tasks and sessions ----------------------------------------------------------------
+
+    async def create_task(self, body: TaskCreate | None = None, /, **fields: Any) -> Task:
+        """A new session with its first run queued, from `body` or `TaskCreate`'s fields
+        (`title`, `prompt`, `profile`, `repo`, `priority`, ...)."""
+        return await self.send(calls.create_task(calls.build(TaskCreate, body, fields)))
+
+    async def list_tasks(
+        self, *, user_id: str | None = None, limit: int = 50, cursor: str | None = None
+    ) -> TaskList:
+        return await self.send(calls.list_tasks(user_id, limit, cursor))
+
+    async def get_task(self, task_id: str, *, user_id: str | None = None) -> Task:
+        return await self.send(calls.get_task(task_id, user_id))
+
+    async def list_sessions(
+        self,
+        *,
+        user_id: str | None = None,
+        profile: str | None = None,
+        status: SessionStatus | None = None,
+        created_after: datetime | None = None,
+        created_before: datetime | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> SessionPage:
+        """A page of sessions, newest first (times must carry a time zone)."""
+        return await self.send(
+            calls.list_sessions(
+                user_id, profile, status, created_after, created_before, limit, cursor
+            )
+        )
+
+    async def get_session(self, agent_id: str, *, user_id: str | None = None) -> Session:
+        return await self.send(calls.get_session(agent_id, user_id))
+
+    async def transcript(self, agent_id: str, *, user_id: str | None = None) -> Transcript:
+        """The session's messages and the normalized entries of every run."""
+        return await self.send(calls.transcript(agent_id, user_id))
+
+    async def transcript_markdown(self, agent_id: str, *, user_id: str | None = None) -> str:
+        """The transcript as Markdown."""
+        return await self.send(calls.transcript_markdown(agent_id, user_id))
+
+    async def resume_session(
+        self, agent_id: str, prompt: str, *, priority: int = 0, user_id: str | None = None
+    ) -> MessageAccepted:
+        """Send the session its next message; a stopped session gets a new sandbox."""
+        body = calls.build(ResumeRequest, None, {"prompt": prompt, "priority": priority})
+        return await self.send(calls.resume_session(agent_id, body, user_id))
+
+    async def stop_session(self, agent_id: str, *, user_id: str | None = None) -> Session:
+        """Interrupt the run, end queued ones and remove the sandbox (the worktree stays)."""
+        return await self.send(calls.stop_session(agent_id, user_id))
+
+    # ---- worktrees, diffs and files --------------------------------------------------------
+
+    async def list_worktrees(self, *, user_id: str | None = None) -> WorktreeList:
+        return await self.send(calls.list_worktrees(user_id))
+
+    async def cleanup_worktrees(self, *, older_than_hours: float | None = None) -> CleanupReport:
+        """Remove finished sessions' worktrees and orphans (admin key)."""
+        return await self.send(calls.cleanup_worktrees(older_than_hours))
+
+    async def diff(self, agent_id: str, *, user_id: str | None = None) -> SessionDiff:
+        """The session's changes against its base commit."""
+        return await self.send(calls.diff(agent_id, user_id))
+
+    async def files(self, agent_id: str, path: str = "", *, user_id: str | None = None) -> FileView:
+        """A directory listing or a file of the session's worktree (`path` relative to it)."""
+        return await self.send(calls.files(agent_id, path, user_id))
+
+    async def merge(
+        self, agent_id: str, *, message: str | None = None, user_id: str | None = None
+    ) -> MergeResult:
+        """Squash the session's branch into one commit on its base branch."""
+        body = calls.build(MergeRequest, None, {"message": message} if message else {})
+        return await self.send(calls.merge(agent_id, body, user_id))
+
+    # ---- neurons ---------------------------------------------------------------------------
+
+    async def list_neurons(
+        self, *, project: str | None = None, user_id: str | None = None
+    ) -> NeuronList:
+        return await self.send(calls.list_neurons(project, user_id))
+
+    async def get_neuron(
+        self, name: str, *, project: str | None = None, user_id: str | None = None
+    ) -> Neuron:
+        """The neuron with its state document and `version`."""
+        return await self.send(calls.get_neuron(name, project, user_id))
+
+    async def message_neuron(
+        self,
+        name: str,
+        message: str | NeuronMessage,
+        /,
+        *,
+        user_id: str | None = None,
+        **fields: Any,
+    ) -> NeuronAccepted:
+        """Send the neuron a message (`project` and `MessageCreate`'s fields as keywords); its
+        agent is made on first use."""
+        body = calls.message_body(NeuronMessage, message, fields)
+        return await self.send(calls.message_neuron(name, body, user_id))
+
+    # ---- keys (admin key) ------------------------------------------------------------------
+
+    async def create_key(self, owner_id: str, *, name: str = "") -> ApiKeyCreated:
+        """A new key for `owner_id`; `key` is in this answer only."""
+        body = calls.build(ApiKeyCreate, None, {"owner_id": owner_id, "name": name})
+        return await self.send(calls.create_key(body))
+
+    async def list_keys(self, *, owner_id: str | None = None) -> ApiKeyList:
+        return await self.send(calls.list_keys(owner_id))
+
+    async def revoke_key(self, key_id: str) -> ApiKey:
+        return await self.send(calls.revoke_key(key_id))
+
+    # ---- the server ------------------------------------------------------------------------
+
+    async def health(self) -> Health:
+        return await self.send(calls.health())
+
+    async def ready(self) -> bool:
+        """Whether the server can serve (its database answers)."""
+        return await self.send(calls.ready())
+
+    async def status(self, *, user_id: str | None = None) -> DashboardStatus:
+        """Sessions, queue, database and worktrees now."""
+        return await self.send(calls.status(user_id))
+
+    async def analytics(
+        self,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        bucket: Bucket | None = None,
+        user_id: str | None = None,
+    ) -> Analytics:
+        """Runs, errors, tokens, cost and utilization over a range."""
+        return await self.send(calls.analytics(since, until, bucket, user_id))
+
+    # ---- streams ---------------------------------------------------------------------------
+
+    async def _sse(self, state: Resumption, user_id: str | None) -> AsyncIterator[EventEnvelope]:
+        """One SSE connection's events; returns when the server ends it."""
+        path = calls.event_stream_path(state.agent_id)
+        params = {"after": str(state.last_seq)} | ({"user_id": user_id} if user_id else {})
+        headers = {"Accept": "text/event-stream", "Last-Event-ID": str(state.last_seq)}
+        try:
+            async with self._http.stream(
+                "GET", path, params=params, headers=headers, timeout=SSE_TIMEOUT
+            ) as response:
+                if not response.is_success:
+                    raise refusal(response.status_code, response.headers, await response.aread())
+                state.connected()
+                decoder = SseDecoder()
+                async for line in response.aiter_lines():
+                    data = decoder.feed(line)
+                    if data is not None and (event := state.take(data)) is not None:
+                        yield event
+                        if state.finished:
+                            return
+        except (httpx.TransportError, httpx.StreamError) as exc:
+            raise dropped(exc, state.agent_id) from exc
+
+    async def _websocket(
+        self, state: Resumption, user_id: str | None
+    ) -> AsyncIterator[EventEnvelope]:
+        """One WebSocket connection's events; returns when the server closes it normally."""
+        path = calls.websocket_path(state.agent_id)
+        url = websocket_url(self.base_url, path, {"after": state.last_seq, "user_id": user_id})
+        try:
+            async with websocket_connect(
+                url,
+                additional_headers=self._headers,
+                open_timeout=WS_OPEN_TIMEOUT_SECONDS,
+                max_size=MAX_FRAME_BYTES,
+            ) as connection:
+                state.connected()
+                async for frame in connection:
+                    if (event := state.take(frame)) is not None:
+                        yield event
+                        if state.finished:
+                            return
+        except InvalidStatus as exc:
+            response = exc.response
+            raise refusal(
+                response.status_code, dict(response.headers), bytes(response.body or b"")
+            ) from exc
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
+            raise dropped(exc, state.agent_id) from exc
+
+
+class AsyncEventStream:
+    """The events of `AsyncForgeClient.stream`: `async for` over it (once). `last_seq` is the
+    last seq yielded, to resume from later; `connections` how many connections it took."""
+
+    def __init__(
+        self, client: AsyncForgeClient, state: Resumption, transport: Transport, user_id: str | None
+    ) -> None:
+        self._client = client
+        self._state = state
+        self._transport = transport
+        self._user_id = user_id
+        self._events: AsyncGenerator[EventEnvelope] | None = None
+
+    @property
+    def last_seq(self) -> int:
+        return self._state.last_seq
+
+    @property
+    def connections(self) -> int:
+        return self._state.connections
+
+    def __aiter__(self) -> AsyncIterator[EventEnvelope]:
+        if self._events is None:
+            self._events = self._follow()
+        return self._events
+
+    async def __aenter__(self) -> AsyncEventStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the connection (iterating ends)."""
+        if self._events is not None:
+            await self._events.aclose()
+
+    async def _follow(self) -> AsyncGenerator[EventEnvelope]:
+        state, client = self._state, self._client
+        connect = client._websocket if self._transport == "websocket" else client._sse
+        while not state.finished:
+            try:
+                async for event in connect(state, self._user_id):
+                    yield event
+                if state.finished:
+                    return
+                # Closed by the server: its agent was deleted (a 404 now), or it is stopping.
+                await client.get_agent(state.agent_id, user_id=self._user_id)
+                cause: ForgeClientError = stream_ended()
+            except ForgeClientError as exc:
+                cause = exc
+            delay = state.retry_in(cause)
+            if delay is None:
+                return
+            await asyncio.sleep(delay)

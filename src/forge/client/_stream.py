@@ -1,0 +1,157 @@
+"""What a resumable event stream knows, whichever the transport and whether it is read with
+asyncio or not: the last `seq` seen, whether the run it follows is over, and what to do when a
+connection ends or cannot be made.
+
+The server resends nothing a client says it has (`after=` / `Last-Event-ID`), and the stream
+drops any `seq` it has already yielded besides, so across reconnections each event is yielded
+exactly once and in order."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+import httpx
+from pydantic import ValidationError
+
+from forge.client._base import connection_error
+from forge.client._calls import describe, error_of
+from forge.client._exceptions import (
+    APIConnectionError,
+    ForgeClientError,
+    InvalidResponseError,
+    NotFoundError,
+    RateLimitError,
+    ServerError,
+    StreamLostError,
+)
+from forge.client.models import EventEnvelope
+
+Transport = Literal["sse", "websocket"]
+TRANSPORTS: tuple[Transport, ...] = ("sse", "websocket")
+
+# The server sends an SSE comment after 15 s of silence (its default); a minute without a byte
+# is a dead connection. WebSockets are pinged by the client library instead.
+SSE_TIMEOUT = httpx.Timeout(10.0, read=60.0)
+WS_OPEN_TIMEOUT_SECONDS = 10.0
+# One envelope per WebSocket frame; tool output is bounded well below this.
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+FIRST_BACKOFF_SECONDS = 0.2
+MAX_BACKOFF_SECONDS = 5.0
+DEFAULT_RECONNECT_FOR_SECONDS = 60.0
+
+
+def check_transport(transport: str) -> None:
+    if transport not in TRANSPORTS:
+        raise ValueError(f"transport must be one of {', '.join(TRANSPORTS)}, not {transport!r}")
+
+
+class Resumption:
+    """Where a stream of one agent's events is, and how long it has tried to reconnect."""
+
+    def __init__(
+        self,
+        agent_id: str,
+        after: int,
+        request_id: str | None,
+        reconnect_for: float | None,
+    ) -> None:
+        if after < 0:
+            raise ValueError(f"after must be 0 or a seq the stream has passed, not {after}")
+        self.agent_id = agent_id
+        self.last_seq = after
+        self.request_id = request_id
+        self.reconnect_for = reconnect_for
+        # Once it has been served, a 404 means the agent was deleted: the stream is over.
+        self.served = False
+        self.finished = False
+        self.connections = 0
+        self._lost_since: float | None = None
+        self._backoff = FIRST_BACKOFF_SECONDS
+
+    def connected(self) -> None:
+        self.served = True
+        self.connections += 1
+        self._lost_since = None
+
+    def take(self, data: str | bytes) -> EventEnvelope | None:
+        """The event in one SSE `data` or WebSocket frame, if it is new and one the caller asked
+        for (a run's, with `request_id`); None otherwise."""
+        try:
+            event = EventEnvelope.model_validate(json.loads(data))
+        except (ValueError, ValidationError) as exc:
+            detail = describe(exc) if isinstance(exc, ValidationError) else str(exc)
+            raise InvalidResponseError(
+                "bad_response", f"the stream of {self.agent_id} sent what is not an event: {detail}"
+            ) from None
+        if event.seq <= self.last_seq:
+            return None
+        self.last_seq = event.seq
+        self._backoff = FIRST_BACKOFF_SECONDS
+        if self.request_id is None:
+            return event
+        if event.request_id != self.request_id:
+            return None
+        self.finished = event.is_final
+        return event
+
+    def retry_in(self, cause: ForgeClientError) -> float | None:
+        """Seconds to wait before connecting again after `cause`; None when the stream is over
+        (its agent was deleted). Raises `cause` when trying again cannot help, and
+        `StreamLostError` once `reconnect_for` seconds have passed without a connection."""
+        if isinstance(cause, NotFoundError):
+            if self.served:
+                return None
+            raise cause
+        if not isinstance(cause, APIConnectionError | ServerError | RateLimitError):
+            raise cause
+        now = time.monotonic()
+        if self._lost_since is None:
+            self._lost_since = now
+        if self.reconnect_for is not None and now - self._lost_since > self.reconnect_for:
+            raise StreamLostError(
+                "stream_lost",
+                f"the stream of {self.agent_id} could not reconnect for {self.reconnect_for:g} s "
+                f"(last seq {self.last_seq}): {cause.message}",
+            ) from cause
+        delay = self._backoff
+        self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
+        if isinstance(cause, RateLimitError):
+            delay = max(delay, min(cause.retry_after, MAX_BACKOFF_SECONDS * 6))
+        return delay
+
+
+def stream_ended() -> APIConnectionError:
+    """What a connection the server closed, with the agent still there, counts as: a drop (a
+    server shutting down ends its streams this way)."""
+    return APIConnectionError("stream_ended", "the server ended the stream")
+
+
+class SseDecoder:
+    """The `data` of each event in an SSE body, fed one line at a time."""
+
+    def __init__(self) -> None:
+        self._data: list[str] = []
+
+    def feed(self, line: str) -> str | None:
+        """The event's data when `line` ends one, else None. `id:`, `event:`, `retry:` and
+        comment lines are skipped: the envelope holds everything."""
+        if line == "":
+            if not self._data:
+                return None
+            data, self._data = "\n".join(self._data), []
+            return data
+        if line.startswith("data:"):
+            self._data.append(line[5:].removeprefix(" "))
+        return None
+
+
+def refusal(status_code: int, headers: Any, body: bytes) -> ForgeClientError:
+    """The error for a stream the server refused (an HTTP answer to the SSE request or the
+    WebSocket handshake)."""
+    return error_of(httpx.Response(status_code, headers=headers, content=body))
+
+
+def dropped(exc: Exception, agent_id: str) -> APIConnectionError:
+    return connection_error(exc, f"the stream of {agent_id}")

@@ -1,0 +1,95 @@
+"""The requests and answers of Forge's API: the very pydantic models the server validates and
+answers with, gathered in one place for applications (`from forge.client.models import Agent`)."""
+
+from __future__ import annotations
+
+from forge.core.analytics import Analytics, Bucket, DashboardStatus
+from forge.core.auth import ApiKey, ApiKeyCreate, ApiKeyCreated, ApiKeyList
+from forge.core.events import EventEnvelope, Usage
+from forge.core.neurons import Neuron, NeuronAccepted, NeuronInfo, NeuronList, NeuronMessage
+from forge.core.schemas import (
+    Agent,
+    AgentCreate,
+    AgentList,
+    AgentStatus,
+    AgentUpdate,
+    AttachmentIn,
+    Delivery,
+    DeliveryPage,
+    DeliveryStatus,
+    EventPage,
+    Health,
+    InterruptAccepted,
+    InterruptRequest,
+    MessageAccepted,
+    MessageCreate,
+    Permission,
+    PermissionAnswer,
+    PermissionDecision,
+    PermissionList,
+    ProfileInfo,
+    ProfileList,
+    ResumeRequest,
+)
+from forge.core.sessions import Session, SessionPage, SessionStatus, Transcript
+from forge.core.tasks import Task, TaskCreate, TaskList
+from forge.workspace.service import (
+    CleanupReport,
+    FileView,
+    MergeRequest,
+    MergeResult,
+    SessionDiff,
+    WorktreeList,
+)
+
+__all__ = [
+    "Agent",
+    "AgentCreate",
+    "AgentList",
+    "AgentStatus",
+    "AgentUpdate",
+    "Analytics",
+    "ApiKey",
+    "ApiKeyCreate",
+    "ApiKeyCreated",
+    "ApiKeyList",
+    "AttachmentIn",
+    "Bucket",
+    "CleanupReport",
+    "DashboardStatus",
+    "Delivery",
+    "DeliveryPage",
+    "DeliveryStatus",
+    "EventEnvelope",
+    "EventPage",
+    "FileView",
+    "Health",
+    "InterruptAccepted",
+    "InterruptRequest",
+    "MergeRequest",
+    "MergeResult",
+    "MessageAccepted",
+    "MessageCreate",
+    "Neuron",
+    "NeuronAccepted",
+    "NeuronInfo",
+    "NeuronList",
+    "NeuronMessage",
+    "Permission",
+    "PermissionAnswer",
+    "PermissionDecision",
+    "PermissionList",
+    "ProfileInfo",
+    "ProfileList",
+    "ResumeRequest",
+    "Session",
+    "SessionDiff",
+    "SessionPage",
+    "SessionStatus",
+    "Task",
+    "TaskCreate",
+    "TaskList",
+    "Transcript",
+    "Usage",
+    "WorktreeList",
+]
