@@ -86,10 +86,13 @@ class Call(Generic[T]):
     body: BaseModel | None = None
     # Statuses that are answers, not errors (`GET /readyz` answers 503 when not ready).
     ok: frozenset[int] = frozenset()
+    # Sending it twice does it once: reads, and messages with their own `request_id` (the
+    # server answers a repeat with the run it made the first time).
+    repeatable: bool | None = None
 
     @property
     def idempotent(self) -> bool:
-        return self.method in ("GET", "HEAD")
+        return self.repeatable if self.repeatable is not None else self.method in ("GET", "HEAD")
 
     def query(self) -> dict[str, str]:
         """The parameters as the server reads them; those left as None are not sent."""
@@ -275,7 +278,14 @@ def list_profiles() -> Call[ProfileList]:
 
 def send_message(agent_id: str, body: MessageCreate, user_id: str | None) -> Call[MessageAccepted]:
     path = f"{API}/agents/{segment(agent_id)}/messages"
-    return Call("POST", path, _model(MessageAccepted), {"user_id": user_id}, body)
+    return Call(
+        "POST",
+        path,
+        _model(MessageAccepted),
+        {"user_id": user_id},
+        body,
+        repeatable=body.request_id is not None,
+    )
 
 
 def interrupt(
@@ -425,7 +435,14 @@ def get_neuron(name: str, project: str | None, user_id: str | None) -> Call[Neur
 
 def message_neuron(name: str, body: NeuronMessage, user_id: str | None) -> Call[NeuronAccepted]:
     path = f"{API}/neurons/{segment(name)}/messages"
-    return Call("POST", path, _model(NeuronAccepted), {"user_id": user_id}, body)
+    return Call(
+        "POST",
+        path,
+        _model(NeuronAccepted),
+        {"user_id": user_id},
+        body,
+        repeatable=body.request_id is not None,
+    )
 
 
 # ---- keys (admin) ------------------------------------------------------------------------------
