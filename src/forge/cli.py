@@ -7,23 +7,19 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
-import httpx
 import typer
+from pydantic import BaseModel
 
 from forge import __version__, cli_import
-from forge.cli_stream import (
-    EventStream,
-    StreamError,
-    auth_headers,
-    history,
-    render_event,
-    run_exit_code,
-)
+from forge.cli_stream import render_event, run_exit_code
+from forge.client import ForgeClient, ForgeClientError, resolve_base_url
+from forge.client.models import EventEnvelope, SessionStatus
 from forge.config import LOOPBACK_HOSTS, ConfigError, Settings, load_settings
 
 app = typer.Typer(help="Forge: run AI coding agents in isolated workspaces.", no_args_is_help=True)
@@ -138,48 +134,31 @@ def runner(ctx: typer.Context) -> None:
 
 
 def _base_url(config: str | None, base_url: str | None) -> str:
-    if base_url:
-        return base_url.rstrip("/")
-    if os.environ.get("FORGE_BASE_URL"):
-        return os.environ["FORGE_BASE_URL"].rstrip("/")
-    return _settings(config).base_url
-
-
-def _request(
-    method: str,
-    url: str,
-    params: dict[str, Any] | None = None,
-    body: dict[str, Any] | None = None,
-) -> httpx.Response:
-    """One request; a server that cannot be reached, or answers an error, ends the command
-    with `error: <code>: <message>` and exit code 1."""
+    """The server's URL: `--base-url`, else `$FORGE_BASE_URL`, else the config's."""
+    url = base_url or os.environ.get("FORGE_BASE_URL") or _settings(config).base_url
     try:
-        response = httpx.request(
-            method, url, params=params, json=body, headers=auth_headers(), timeout=30
-        )
-    except httpx.HTTPError as exc:
-        typer.echo(f"error: cannot reach Forge at {url}: {exc}", err=True)
+        return resolve_base_url(url)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@contextmanager
+def _client(config: str | None, base_url: str | None) -> Iterator[ForgeClient]:
+    """The client of the server the command talks to, with the key in `$FORGE_API_KEY`. Any
+    error it raises (no answer, or an error answer) ends the command with
+    `error: <code>: <message>` and exit code 1."""
+    client = ForgeClient(_base_url(config, base_url))
+    try:
+        with client:
+            yield client
+    except ForgeClientError as exc:
+        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
         raise typer.Exit(1) from exc
-    if response.status_code >= 400:
-        try:
-            error = response.json()
-            typer.echo(f"error: {error.get('error')}: {error.get('message')}", err=True)
-        except ValueError:
-            typer.echo(f"error: HTTP {response.status_code}", err=True)
-        raise typer.Exit(1)
-    return response
 
 
-def _get(url: str, params: dict[str, Any] | None = None) -> Any:
-    return _request("GET", url, params).json()
-
-
-def _post(url: str, body: dict[str, Any] | None = None) -> Any:
-    return _request("POST", url, body=body).json()
-
-
-def _delete(url: str, params: dict[str, Any] | None = None) -> Any:
-    return _request("DELETE", url, params).json()
+def _print_json(model: BaseModel) -> None:
+    typer.echo(json.dumps(model.model_dump(mode="json"), indent=2))
 
 
 def _print_table(rows: Sequence[tuple[str, ...]]) -> None:
@@ -203,27 +182,23 @@ def agents_list(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
     """List agents, newest first."""
-    params: dict[str, Any] = {"limit": limit}
-    if user_id:
-        params["user_id"] = user_id
-    data = _get(f"{_base_url(config, base_url)}/api/v1/agents", params)
+    with _client(config, base_url) as client:
+        page = client.list_agents(user_id=user_id or None, limit=limit)
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        _print_json(page)
         return
     rows = [("ID", "OWNER", "PROFILE", "STATUS", "EVENTS", "CREATED")]
-    for agent in data["agents"]:
-        rows.append(
-            (
-                agent["id"],
-                agent["owner_id"],
-                agent["profile"],
-                agent["status"],
-                str(agent["last_seq"]),
-                agent["created_at"][:19],
-            )
-        )
+    rows.extend(
+        (a.id, a.owner_id, a.profile, a.status, str(a.last_seq), _time(a.created_at))
+        for a in page.agents
+    )
     _print_table(rows)
-    typer.echo(f"{len(data['agents'])} of {data['total']} agents")
+    typer.echo(f"{len(page.agents)} of {page.total} agents")
+
+
+def _time(moment: datetime | None) -> str:
+    """A time as the table shows it: ISO 8601 to the second, `-` for none."""
+    return moment.isoformat()[:19] if moment is not None else "-"
 
 
 @agents_app.command("show")
@@ -233,8 +208,8 @@ def agents_show(
     base_url: BaseUrlOption = None,
 ) -> None:
     """Show one agent as JSON."""
-    data = _get(f"{_base_url(config, base_url)}/api/v1/agents/{agent_id}")
-    typer.echo(json.dumps(data, indent=2))
+    with _client(config, base_url) as client:
+        _print_json(client.get_agent(agent_id))
 
 
 # ---- running and following sessions ------------------------------------------------------------
@@ -292,19 +267,15 @@ def _session_from_file() -> str:
     return str(session_id)
 
 
-def _follow_run(base: str, session_id: str, request_id: str, after: int) -> int:
+def _follow_run(client: ForgeClient, session_id: str, request_id: str, after: int) -> int:
     """Print the events of run `request_id` live until its final event; its exit code."""
     typer.echo(typer.style(f"session {session_id}  (forge logs -f {session_id})", dim=True))
     try:
-        for envelope in EventStream(base, session_id, after):
-            if envelope.get("request_id") != request_id:
-                continue
-            _print_event(envelope)
-            if envelope.get("is_final"):
-                return run_exit_code(envelope)
-    except StreamError as exc:
-        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
-        return 1
+        with client.stream(session_id, after=after, request_id=request_id) as events:
+            for event in events:
+                _print_event(event)
+                if event.is_final:
+                    return run_exit_code(event)
     except KeyboardInterrupt:
         typer.echo(f"\ndetached; the session goes on: forge logs -f {session_id}", err=True)
         return 130
@@ -312,8 +283,8 @@ def _follow_run(base: str, session_id: str, request_id: str, after: int) -> int:
     return 1
 
 
-def _print_event(envelope: dict[str, Any]) -> None:
-    line = render_event(envelope)
+def _print_event(event: EventEnvelope) -> None:
+    line = render_event(event)
     if line is not None:
         typer.echo(line)
 
@@ -323,7 +294,7 @@ def _default_owner() -> str | None:
     login name."""
     if os.environ.get("FORGE_OWNER"):
         return os.environ["FORGE_OWNER"]
-    if auth_headers():
+    if os.environ.get("FORGE_API_KEY", "").strip():
         return None
     try:
         return getpass.getuser()
@@ -355,10 +326,9 @@ def run(
     base_url: BaseUrlOption = None,
 ) -> None:
     """Start a task in a new session and follow it (exit code 0 if it succeeded)."""
-    base = _base_url(config, base_url)
     here = _git_toplevel(Path.cwd())
     work_repo = repo.resolve() if repo is not None else here
-    body: dict[str, Any] = {
+    fields: dict[str, Any] = {
         "title": title or prompt.strip().splitlines()[0][:80] or "task",
         "prompt": prompt,
         "owner_id": owner or _default_owner(),
@@ -367,14 +337,15 @@ def run(
         "base_branch": base_branch,
         "priority": priority,
     }
-    task = _post(f"{base}/api/v1/tasks", body)
-    session_id = task["session_id"]
-    if here is not None:
-        _write_session_file(here, base, session_id)
-    if background:
-        typer.echo(session_id)
-        return
-    raise typer.Exit(_follow_run(base, session_id, task["request_id"], after=0))
+    with _client(config, base_url) as client:
+        task = client.create_task(**{k: v for k, v in fields.items() if v is not None})
+        if here is not None:
+            _write_session_file(here, client.base_url, task.session_id)
+        if background:
+            typer.echo(task.session_id)
+            return
+        code = _follow_run(client, task.session_id, task.request_id, after=0)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -391,13 +362,14 @@ def resume(
         typer.echo("error: expected [SESSION_ID] PROMPT", err=True)
         raise typer.Exit(2)
     session_id = arguments[0] if len(arguments) == 2 else _session_from_file()
-    base = _base_url(config, base_url)
-    after = _get(f"{base}/api/v1/agents/{session_id}")["last_seq"]
-    accepted = _post(f"{base}/api/v1/sessions/{session_id}/resume", {"prompt": arguments[-1]})
-    if background:
-        typer.echo(session_id)
-        return
-    raise typer.Exit(_follow_run(base, session_id, accepted["request_id"], after=after))
+    with _client(config, base_url) as client:
+        after = client.get_agent(session_id).last_seq
+        accepted = client.resume_session(session_id, arguments[-1])
+        if background:
+            typer.echo(session_id)
+            return
+        code = _follow_run(client, session_id, accepted.request_id, after=after)
+    raise typer.Exit(code)
 
 
 @app.command()
@@ -411,18 +383,17 @@ def logs(
     base_url: BaseUrlOption = None,
 ) -> None:
     """Print a session's events (its history; with -f, then live)."""
-    base = _base_url(config, base_url)
-    try:
-        events = (
-            EventStream(base, session_id, after) if follow else history(base, session_id, after)
-        )
-        for envelope in events:
-            _print_event(envelope)
-    except StreamError as exc:
-        typer.echo(f"error: {exc.code}: {exc.message}", err=True)
-        raise typer.Exit(1) from exc
-    except KeyboardInterrupt:
-        raise typer.Exit(130) from None
+    with _client(config, base_url) as client:
+        try:
+            if follow:
+                with client.stream(session_id, after=after) as stream:
+                    for event in stream:
+                        _print_event(event)
+            else:
+                for event in client.iter_events(session_id, after=after):
+                    _print_event(event)
+        except KeyboardInterrupt:
+            raise typer.Exit(130) from None
 
 
 @app.command()
@@ -453,48 +424,39 @@ def talk(
 
 # ---- server status -----------------------------------------------------------------------------
 
-ACTIVE_STATUSES = ("running", "queued", "provisioning")
+ACTIVE_STATUSES: tuple[SessionStatus, ...] = ("running", "queued", "provisioning")
 
 
 @app.command()
 def status(config: ConfigOption = None, base_url: BaseUrlOption = None) -> None:
     """The server's health, its active sessions and its queue."""
-    base = _base_url(config, base_url)
-    health = _get(f"{base}/health")
-    typer.echo(
-        f"Forge {health['version']} at {base}: {health['status']} "
-        f"(up {_duration(health['uptime_s'])}, database {health['database'].get('status')}, "
-        f"sandbox {health.get('sandbox', {}).get('runtime', '?')})"
-    )
-    rows: list[tuple[str, ...]] = [("SESSION", "STATUS", "PROFILE", "OWNER", "REPO")]
-    counts = []
-    for name in ACTIVE_STATUSES:
-        page = _get(f"{base}/api/v1/sessions", {"status": name, "limit": 20})
-        counts.append(f"{page['total']} {name}")
-        if name != "provisioning":
-            rows.extend(
-                (s["id"], s["status"], s["profile"], s["owner_id"], s["repo"] or "-")
-                for s in page["sessions"]
-            )
-    typer.echo("sessions: " + ", ".join(counts))
-    if len(rows) > 1:
-        _print_table(rows)
-    queued = [
-        t for t in _get(f"{base}/api/v1/tasks", {"limit": 500})["tasks"] if t["status"] == "queued"
-    ]
+    with _client(config, base_url) as client:
+        health = client.health()
+        typer.echo(
+            f"Forge {health.version} at {client.base_url}: {health.status} "
+            f"(up {_duration(health.uptime_s)}, database {health.database.get('status')}, "
+            f"sandbox {health.sandbox.get('runtime', '?')})"
+        )
+        rows: list[tuple[str, ...]] = [("SESSION", "STATUS", "PROFILE", "OWNER", "REPO")]
+        counts = []
+        for name in ACTIVE_STATUSES:
+            page = client.list_sessions(status=name, limit=20)
+            counts.append(f"{page.total} {name}")
+            if name != "provisioning":
+                rows.extend(
+                    (s.id, s.status, s.profile, s.owner_id, s.repo or "-") for s in page.sessions
+                )
+        typer.echo("sessions: " + ", ".join(counts))
+        if len(rows) > 1:
+            _print_table(rows)
+        queued = [t for t in client.list_tasks(limit=500).tasks if t.status == "queued"]
     typer.echo(f"queue: {len(queued)} task(s) waiting")
-    queued.sort(key=lambda t: t["queue_position"] or 0)
+    queued.sort(key=lambda t: t.queue_position or 0)
     if queued:
         _print_table(
             [("POS", "TASK", "SESSION", "PRIORITY", "TITLE")]
             + [
-                (
-                    str(t["queue_position"]),
-                    t["task_id"],
-                    t["session_id"],
-                    str(t["priority"]),
-                    t["title"],
-                )
+                (str(t.queue_position), t.task_id, t.session_id, str(t.priority), t.title)
                 for t in queued
             ]
         )
@@ -528,7 +490,7 @@ def mcp_stdio(
     default_owner = owner or _default_owner()
     # stdout carries the protocol: anything logged goes to stderr.
     logging.basicConfig(level=logging.WARNING, format="forge mcp: %(levelname)s %(message)s")
-    asyncio.run(serve_stdio(base, auth_headers(), default_owner=default_owner))
+    asyncio.run(serve_stdio(base, default_owner=default_owner))
 
 
 # ---- sessions ----------------------------------------------------------------------------------
@@ -544,19 +506,21 @@ def sessions_list(
     base_url: BaseUrlOption = None,
 ) -> None:
     """List sessions, newest first."""
-    params: dict[str, Any] = {"limit": limit, "status": status, "profile": profile}
-    params = {k: v for k, v in params.items() if v is not None}
-    data = _get(f"{_base_url(config, base_url)}/api/v1/sessions", params)
+    with _client(config, base_url) as client:
+        # The server checks the status (and names the ones it knows).
+        page = client.list_sessions(
+            status=cast("SessionStatus | None", status), profile=profile, limit=limit
+        )
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        _print_json(page)
         return
     rows: list[tuple[str, ...]] = [("ID", "STATUS", "PROFILE", "OWNER", "RUNS", "CREATED")]
     rows.extend(
-        (s["id"], s["status"], s["profile"], s["owner_id"], str(s["runs"]), s["created_at"][:19])
-        for s in data["sessions"]
+        (s.id, s.status, s.profile, s.owner_id, str(s.runs), _time(s.created_at))
+        for s in page.sessions
     )
     _print_table(rows)
-    typer.echo(f"{len(data['sessions'])} of {data['total']} sessions")
+    typer.echo(f"{len(page.sessions)} of {page.total} sessions")
 
 
 @sessions_app.command("show")
@@ -564,8 +528,8 @@ def sessions_show(
     session_id: str, config: ConfigOption = None, base_url: BaseUrlOption = None
 ) -> None:
     """Show one session as JSON."""
-    data = _get(f"{_base_url(config, base_url)}/api/v1/sessions/{session_id}")
-    typer.echo(json.dumps(data, indent=2))
+    with _client(config, base_url) as client:
+        _print_json(client.get_session(session_id))
 
 
 @sessions_app.command("transcript")
@@ -576,12 +540,14 @@ def sessions_transcript(
     base_url: BaseUrlOption = None,
 ) -> None:
     """Print a session's transcript."""
-    url = f"{_base_url(config, base_url)}/api/v1/sessions/{session_id}/transcript"
-    response = _request("GET", url, {"format": format})
-    if format == "json":
-        typer.echo(json.dumps(response.json(), indent=2))
-    else:
-        typer.echo(response.text.rstrip("\n"))
+    if format not in ("markdown", "json"):
+        typer.echo(f"error: --format is markdown or json, not {format!r}", err=True)
+        raise typer.Exit(2)
+    with _client(config, base_url) as client:
+        if format == "json":
+            _print_json(client.transcript(session_id))
+        else:
+            typer.echo(client.transcript_markdown(session_id).rstrip("\n"))
 
 
 @sessions_app.command("stop")
@@ -589,8 +555,9 @@ def sessions_stop(
     session_id: str, config: ConfigOption = None, base_url: BaseUrlOption = None
 ) -> None:
     """Stop a session: interrupt its run, end queued ones, remove its sandbox."""
-    data = _post(f"{_base_url(config, base_url)}/api/v1/sessions/{session_id}/stop")
-    typer.echo(f"{data['id']}: {data['status']}")
+    with _client(config, base_url) as client:
+        session = client.stop_session(session_id)
+    typer.echo(f"{session.id}: {session.status}")
 
 
 # ---- worktrees ---------------------------------------------------------------------------------
@@ -603,26 +570,27 @@ def worktrees_list(
     base_url: BaseUrlOption = None,
 ) -> None:
     """List the directories under the worktree base."""
-    data = _get(f"{_base_url(config, base_url)}/api/v1/worktrees")
+    with _client(config, base_url) as client:
+        listing = client.list_worktrees()
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        _print_json(listing)
         return
     rows: list[tuple[str, ...]] = [("SESSION", "KIND", "STATUS", "SIZE", "AGE", "PATH")]
     rows.extend(
         (
-            w["session"] or "-",
-            w["kind"],
-            w["status"] or "-",
-            _size(w["size_bytes"]),
-            _duration(w["age_seconds"]),
-            w["path"],
+            w.session or "-",
+            w.kind,
+            w.status or "-",
+            _size(w.size_bytes),
+            _duration(w.age_seconds),
+            w.path,
         )
-        for w in data["worktrees"]
+        for w in listing.worktrees
     )
     _print_table(rows)
     typer.echo(
-        f"{data['count']} of {data['max_worktrees'] or 'unlimited'} worktrees, "
-        f"{_size(data['total_size_bytes'])}"
+        f"{listing.count} of {listing.max_worktrees or 'unlimited'} worktrees, "
+        f"{_size(listing.total_size_bytes)}"
     )
 
 
@@ -644,16 +612,16 @@ def worktrees_cleanup(
     base_url: BaseUrlOption = None,
 ) -> None:
     """Remove the worktrees of finished sessions (branches are kept) and prune git metadata."""
-    params = {} if older_than_hours is None else {"older_than_hours": older_than_hours}
-    report = _delete(f"{_base_url(config, base_url)}/api/v1/worktrees/cleanup", params)
-    for item in report["removed"]:
-        typer.echo(f"removed {item['path']} ({item['reason']}, {item['session'] or 'orphan'})")
-    for item in report["pruned"]:
-        typer.echo(f"pruned {item['repo']}: {item['entry']} ({item['reason']})")
-    for error in report["errors"]:
+    with _client(config, base_url) as client:
+        report = client.cleanup_worktrees(older_than_hours=older_than_hours)
+    for removed in report.removed:
+        typer.echo(f"removed {removed.path} ({removed.reason}, {removed.session or 'orphan'})")
+    for pruned in report.pruned:
+        typer.echo(f"pruned {pruned.repo}: {pruned.entry} ({pruned.reason})")
+    for error in report.errors:
         typer.echo(f"error: {error}", err=True)
-    typer.echo(f"{len(report['removed'])} removed, {len(report['pruned'])} pruned")
-    if report["errors"]:
+    typer.echo(f"{len(report.removed)} removed, {len(report.pruned)} pruned")
+    if report.errors:
         raise typer.Exit(1)
 
 
@@ -673,11 +641,10 @@ def keys_create(
     base_url: BaseUrlOption = None,
 ) -> None:
     """Make a key for OWNER and print it (only now: the server keeps a hash)."""
-    key = _post(f"{_base_url(config, base_url)}/api/v1/keys", {"owner_id": owner, "name": name})
-    typer.echo(
-        f"created {key['key_id']} for {key['owner_id']}; the key (shown only now):", err=True
-    )
-    typer.echo(key["key"])
+    with _client(config, base_url) as client:
+        key = client.create_key(owner, name=name)
+    typer.echo(f"created {key.key_id} for {key.owner_id}; the key (shown only now):", err=True)
+    typer.echo(key.key)
 
 
 @keys_app.command("list")
@@ -688,21 +655,15 @@ def keys_list(
     base_url: BaseUrlOption = None,
 ) -> None:
     """List the keys (never the keys themselves), newest first."""
-    params = {"owner_id": owner} if owner else None
-    data = _get(f"{_base_url(config, base_url)}/api/v1/keys", params)
+    with _client(config, base_url) as client:
+        keys = client.list_keys(owner_id=owner or None)
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        _print_json(keys)
         return
     rows: list[tuple[str, ...]] = [("KEY", "OWNER", "NAME", "CREATED", "REVOKED")]
     rows.extend(
-        (
-            k["key_id"],
-            k["owner_id"],
-            k["name"] or "-",
-            k["created_at"][:19],
-            (k["revoked_at"] or "-")[:19],
-        )
-        for k in data["keys"]
+        (k.key_id, k.owner_id, k.name or "-", _time(k.created_at), _time(k.revoked_at))
+        for k in keys.keys
     )
     _print_table(rows)
 
@@ -714,5 +675,6 @@ def keys_revoke(
     base_url: BaseUrlOption = None,
 ) -> None:
     """Revoke a key: requests with it are refused from now on."""
-    key = _delete(f"{_base_url(config, base_url)}/api/v1/keys/{key_id}")
-    typer.echo(f"revoked {key['key_id']} ({key['owner_id']})")
+    with _client(config, base_url) as client:
+        key = client.revoke_key(key_id)
+    typer.echo(f"revoked {key.key_id} ({key.owner_id})")

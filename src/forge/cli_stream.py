@@ -1,167 +1,38 @@
-"""Following an agent's event log from the `forge` command: the SSE client (which resumes with
-`Last-Event-ID` after a dropped connection) and how each event is printed in a terminal."""
+"""What the `forge` command prints of a session's events: each event as a terminal line, and a
+run's exit code. Reading the events (history, live streams that resume by themselves) is
+`forge.client`'s."""
 
 from __future__ import annotations
 
-import json
-import os
-import time
-from collections.abc import Iterable, Iterator
 from typing import Any
 
-import httpx
 import typer
 
-__all__ = [
-    "EventStream",
-    "StreamError",
-    "auth_headers",
-    "history",
-    "render_event",
-    "run_exit_code",
-]
+from forge.client.models import EventEnvelope
 
-# How long a lost stream is retried without getting a single event before giving up.
-RECONNECT_FOR_SECONDS = 30.0
-# The server sends a keep-alive comment every 15 s (default); a longer silence is a dead link.
-READ_TIMEOUT_SECONDS = 60.0
+__all__ = ["render_event", "run_exit_code"]
 
 
-def auth_headers() -> dict[str, str]:
-    """`Authorization` with the key in `FORGE_API_KEY`, if one is set."""
-    key = os.environ.get("FORGE_API_KEY", "").strip()
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
-class StreamError(Exception):
-    """Raised when the server refuses the stream (`code`, `message` from its error body) or
-    cannot be reached again for `RECONNECT_FOR_SECONDS`."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-def parse_sse(lines: Iterable[str]) -> Iterator[dict[str, Any]]:
-    """The envelopes of an SSE body: the `data:` lines of each frame, joined, as JSON."""
-    data: list[str] = []
-    for line in lines:
-        if line == "":
-            if data:
-                yield json.loads("\n".join(data))
-                data = []
-        elif line.startswith("data:"):
-            data.append(line[5:].removeprefix(" "))
-        # `id:`, `event:`, `retry:` and `: keep-alive` comments: the envelope has it all.
-
-
-class EventStream:
-    """The events of one agent after `after`, live, across reconnections: iterate over it.
-    Ends when the server ends the stream with nothing new and the agent is gone (deleted)."""
-
-    def __init__(self, base_url: str, agent_id: str, after: int = 0) -> None:
-        self.agent_url = f"{base_url}/api/v1/agents/{agent_id}"
-        self.url = f"{self.agent_url}/events"
-        self.last_seq = after
-
-    def _agent_gone(self) -> bool:
-        try:
-            response = httpx.get(self.agent_url, headers=auth_headers(), timeout=10)
-            return response.status_code == 404
-        except httpx.HTTPError:
-            return False  # not reachable (restarting): keep trying
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        backoff = 0.2
-        lost_since: float | None = None
-        while True:
-            got_any = False
-            try:
-                for envelope in self._connect():
-                    got_any = True
-                    lost_since, backoff = None, 0.2
-                    yield envelope
-                if got_any:
-                    continue
-                # The server ended a stream with nothing new: the agent was deleted (its log
-                # will not grow), or the server is stopping (a restart): ask which.
-                if self._agent_gone():
-                    return
-            except (httpx.TransportError, httpx.StreamError) as exc:
-                now = time.monotonic()
-                lost_since = now if lost_since is None else lost_since
-                if now - lost_since > RECONNECT_FOR_SECONDS:
-                    raise StreamError("stream_lost", f"cannot reach {self.url}: {exc}") from exc
-            time.sleep(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-    def _connect(self) -> Iterator[dict[str, Any]]:
-        headers = {
-            "Accept": "text/event-stream",
-            "Last-Event-ID": str(self.last_seq),
-            **auth_headers(),
-        }
-        timeout = httpx.Timeout(10.0, read=READ_TIMEOUT_SECONDS)
-        params = {"after": self.last_seq}
-        with httpx.stream("GET", self.url, params=params, headers=headers, timeout=timeout) as r:
-            if r.status_code >= 400:
-                raise _error_of(r)
-            for envelope in parse_sse(r.iter_lines()):
-                if envelope["seq"] <= self.last_seq:
-                    continue
-                self.last_seq = envelope["seq"]
-                yield envelope
-
-
-def history(base_url: str, agent_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
-    """The events already in the log after `after`, page by page."""
-    url = f"{base_url}/api/v1/agents/{agent_id}/events"
-    while True:
-        try:
-            response = httpx.get(
-                url, params={"after": after, "limit": 1000}, headers=auth_headers(), timeout=30
-            )
-        except httpx.HTTPError as exc:
-            raise StreamError("unreachable", f"cannot reach Forge at {url}: {exc}") from exc
-        if response.status_code >= 400:
-            raise _error_of(response)
-        page = response.json()
-        yield from page["events"]
-        if not page["has_more"]:
-            return
-        after = page["next_after"]
-
-
-def _error_of(response: httpx.Response) -> StreamError:
-    try:
-        body = json.loads(response.read())
-        return StreamError(str(body.get("error")), str(body.get("message")))
-    except ValueError:
-        return StreamError(f"http_{response.status_code}", response.reason_phrase)
-
-
-def run_exit_code(envelope: dict[str, Any]) -> int:
+def run_exit_code(event: EventEnvelope) -> int:
     """The exit code for a run's final event: 0 if it succeeded."""
-    return 0 if envelope.get("outcome") == "succeeded" else 1
+    return 0 if event.outcome == "succeeded" else 1
 
 
-def render_event(envelope: dict[str, Any]) -> str | None:
+def render_event(event: EventEnvelope) -> str | None:
     """One event as terminal text (styled; click drops the styles off a terminal), or None for
     events not worth a line."""
-    event_type = envelope.get("event_type")
-    if event_type == "agent.event":
-        return _render_entry(envelope.get("entry") or {})
-    if event_type == "agent.status":
-        return typer.style(f"-- {envelope.get('status')}", dim=True)
-    if event_type == "agent.complete":
-        outcome = envelope.get("outcome") or "unknown"
-        message = envelope.get("message") or ""
+    if event.event_type == "agent.event":
+        return _render_entry(event.entry or {})
+    if event.event_type == "agent.status":
+        return typer.style(f"-- {event.status}", dim=True)
+    if event.event_type == "agent.complete":
+        outcome = event.outcome or "unknown"
+        message = event.message or ""
         color = typer.colors.GREEN if outcome == "succeeded" else typer.colors.RED
         return typer.style(f"== {outcome}: {message}".rstrip(": "), fg=color, bold=True)
-    if event_type == "agent.error":
-        error = envelope.get("error") or {}
-        text = f"== error: {error.get('code')}: {error.get('message')}"
+    if event.event_type == "agent.error":
+        error = event.error
+        text = f"== error: {error.code}: {error.message}" if error else "== error"
         return typer.style(text, fg=typer.colors.RED, bold=True)
     return None
 

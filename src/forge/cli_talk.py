@@ -1,6 +1,6 @@
 """`forge talk NEURON`: a conversation with a neuron in the terminal.
 
-Each line typed is sent as a message (`POST /api/v1/neurons/{name}/messages`); while the neuron
+Each line typed is sent as a message (`forge.client`'s `message_neuron`); while the neuron
 works, its state document arrives over `WS /ws/neurons/{name}` (a snapshot, then one RFC 6902
 operation a frame), is kept here by applying the operations, and what changed is printed:
 thinking, tool activity, assistant text, todos, and a footer when the run ends. A dropped
@@ -20,17 +20,17 @@ import queue
 import sys
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TextIO
+from typing import Any, TextIO, TypeVar
 from urllib.parse import quote, urlencode
 
-import httpx
 import typer
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
-from forge.cli_stream import auth_headers
+from forge.client import ForgeClient, ForgeClientError
+from forge.client.models import MessageAccepted, Neuron
 from forge.patch import PatchError, apply_operation
 
 __all__ = ["Conversation", "TalkError", "exchange", "talk"]
@@ -43,6 +43,8 @@ FIRST_SNAPSHOT_SECONDS = 20.0
 RESTING = ("idle", "failed", "stopped")
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 
+T = TypeVar("T")
+
 
 class TalkError(Exception):
     """Raised when the conversation cannot go on: the server cannot be reached, refuses the
@@ -52,6 +54,12 @@ class TalkError(Exception):
         super().__init__(f"{code}: {message}")
         self.code = code
         self.message = message
+
+
+def _auth_headers() -> dict[str, str]:
+    """`Authorization` with the key in `FORGE_API_KEY`, if one is set (as the client sends)."""
+    key = os.environ.get("FORGE_API_KEY", "").strip()
+    return {"Authorization": f"Bearer {key}"} if key else {}
 
 
 # ---- the stream --------------------------------------------------------------------------------
@@ -164,7 +172,7 @@ class NeuronSocket:
 
     def _follow(self, url: str, generation: int, resume: int | None) -> None:
         with connect(
-            url, additional_headers=auth_headers(), open_timeout=10, max_size=MAX_FRAME_BYTES
+            url, additional_headers=_auth_headers(), open_timeout=10, max_size=MAX_FRAME_BYTES
         ) as ws:
             with self._lock:
                 self._ws = ws
@@ -423,74 +431,57 @@ class Conversation:
     def __init__(
         self, base_url: str, name: str, project: str | None, owner: str | None, out: TextIO
     ) -> None:
-        self.base_url = base_url
+        self.client = ForgeClient(base_url)
         self.name = name
         self.project = project
+        self.owner = owner or None
         # With the admin key or auth off the server needs to know whose neuron this is.
-        self.params = {k: v for k, v in (("user_id", owner), ("project", project)) if v}
-        self.socket = NeuronSocket(base_url, name, self.params)
+        params = {k: v for k, v in (("user_id", owner), ("project", project)) if v}
+        self.socket = NeuronSocket(base_url, name, params)
         # Whether the last operation applied ended an event (`/seq` is each event's last).
         self.at_event_end = True
         self.doc: dict[str, Any] = {}
         self.version: int | None = None
         self.renderer = Renderer(out)
 
-    # -- HTTP --
+    # -- requests --
 
-    def call(
-        self,
-        method: str,
-        path: str,
-        body: dict[str, Any] | None = None,
-        params: dict[str, Any] | None = None,
-    ) -> Any:
-        """One request; an error answer or none at all raises `TalkError`. Neuron routes get
-        the owner and project (the latter in the body of a message)."""
-        url = f"{self.base_url}{path}"
-        if path.startswith("/api/v1/neurons"):
-            params = dict(self.params)
-            if method != "GET":
-                params.pop("project", None)
+    def ask(self, request: Callable[[ForgeClient], T]) -> T:
+        """`request` made with the client; its error (none answered, or an error answer) raised
+        as `TalkError`."""
         try:
-            response = httpx.request(
-                method, url, params=params, json=body, headers=auth_headers(), timeout=30
+            return request(self.client)
+        except ForgeClientError as exc:
+            raise TalkError(exc.code, exc.message) from exc
+
+    def describe(self) -> Neuron:
+        """The neuron; an unknown one names the known ones."""
+        try:
+            return self.ask(
+                lambda c: c.get_neuron(self.name, project=self.project, user_id=self.owner)
             )
-        except httpx.HTTPError as exc:
-            raise TalkError("unreachable", f"cannot reach Forge at {url}: {exc}") from exc
-        if response.status_code >= 400:
-            try:
-                error = response.json()
-                raise TalkError(str(error.get("error")), str(error.get("message")))
-            except (ValueError, AttributeError):
-                raise TalkError(f"http_{response.status_code}", response.reason_phrase) from None
-        return response.json()
-
-    def describe(self) -> dict[str, Any]:
-        """The neuron (`GET /api/v1/neurons/{name}`); an unknown one names the known ones."""
-        try:
-            neuron: dict[str, Any] = self.call("GET", f"/api/v1/neurons/{quote(self.name)}")
-            return neuron
         except TalkError as exc:
-            if exc.code == "unreachable" or not exc.code.endswith("not_found"):
+            if not exc.code.endswith("not_found"):
                 raise
             try:
-                names = [n["name"] for n in self.call("GET", "/api/v1/neurons")["neurons"]]
-            except (TalkError, KeyError, TypeError):
+                listed = self.ask(
+                    lambda c: c.list_neurons(project=self.project, user_id=self.owner)
+                )
+            except TalkError:
                 raise exc from None
+            names = [neuron.name for neuron in listed.neurons]
             known = ", ".join(names) if names else "none are configured ([neurons] dirs)"
             raise TalkError(exc.code, f"unknown neuron {self.name!r}; known: {known}") from None
 
-    def send(self, text: str) -> dict[str, Any]:
-        body = {"content": text, "project": self.project}
-        accepted: dict[str, Any] = self.call(
-            "POST", f"/api/v1/neurons/{quote(self.name)}/messages", body
+    def send(self, text: str) -> MessageAccepted:
+        return self.ask(
+            lambda c: c.message_neuron(self.name, text, project=self.project, user_id=self.owner)
         )
-        return accepted
 
     def interrupt(self, agent_id: str | None) -> None:
-        agent_id = agent_id or self.doc.get("agent_id")
-        if agent_id:
-            self.call("POST", f"/api/v1/agents/{agent_id}/interrupt")
+        target = agent_id or self.doc.get("agent_id")
+        if target:
+            self.ask(lambda c: c.interrupt(str(target)))
 
     # -- the stream --
 
@@ -597,18 +588,11 @@ class Conversation:
         if not isinstance(runs, int) or runs <= run.runs_checked or not run.agent_id:
             return
         run.runs_checked = runs
-        after = run.seq_before
-        while True:
-            page = self.call(
-                "GET", f"/api/v1/agents/{run.agent_id}/events", params={"after": after}
-            )
-            for event in page.get("events") or []:
-                if event.get("request_id") == run.request_id and event.get("is_final"):
-                    run.ended_unstarted, run.final = True, event
-                    return
-            if not page.get("has_more"):
+        agent_id, after = run.agent_id, run.seq_before
+        for event in self.ask(lambda c: list(c.iter_events(agent_id, after=after))):
+            if event.request_id == run.request_id and event.is_final:
+                run.ended_unstarted, run.final = True, event.to_wire()
                 return
-            after = page["next_after"]
 
     def follow_agent(self, agent_id: str) -> None:
         """The neuron has a new agent (the one followed failed or was deleted): follow that
@@ -618,6 +602,7 @@ class Conversation:
 
     def close(self) -> None:
         self.socket.close()
+        self.client.close()
 
 
 def talk(
@@ -662,10 +647,10 @@ class _Quit(Exception):
     """A second Ctrl-C during a run."""
 
 
-def _greet(conversation: Conversation, neuron: dict[str, Any]) -> None:
-    description = f" — {neuron['description']}" if neuron.get("description") else ""
+def _greet(conversation: Conversation, neuron: Neuron) -> None:
+    description = f" — {neuron.description}" if neuron.description else ""
     where = f" in {conversation.project}" if conversation.project else ""
-    conversation.renderer.echo(f"{neuron.get('name', conversation.name)}{description}{where}")
+    conversation.renderer.echo(f"{neuron.name}{description}{where}")
     conversation.renderer.echo("Type a message; `exit` or Ctrl-D leaves.", dim=True)
 
 
@@ -696,7 +681,7 @@ def exchange(conversation: Conversation, text: str) -> bool:
     """Send `text`, print the run live until it ends; whether it succeeded."""
     conversation.pump(0, run=None)  # what happened while we were away: quietly
     accepted = conversation.send(text)
-    agent_id = accepted.get("agent_id") or conversation.doc.get("agent_id")
+    agent_id = accepted.agent_id or conversation.doc.get("agent_id")
     if agent_id == conversation.doc.get("agent_id"):
         usage_before = dict(conversation.doc.get("usage") or {})
         seq_before = int(conversation.doc.get("seq") or 0)
@@ -705,13 +690,13 @@ def exchange(conversation: Conversation, text: str) -> bool:
         conversation.follow_agent(str(agent_id))
         usage_before, seq_before = {}, 0
     run = Run(
-        accepted["request_id"],
+        accepted.request_id,
         agent_id,
         usage_before,
         seq_before=seq_before,
         runs_checked=int(usage_before.get("runs") or 0),
     )
-    if accepted.get("status") == "queued":
+    if accepted.status == "queued":
         conversation.renderer.echo("(queued)", dim=True)
     while True:
         try:

@@ -15,6 +15,8 @@ from tests.integration.conftest import ForgeServer
 
 pytestmark = pytest.mark.integration
 
+URL = "http://127.0.0.1:9"
+
 
 def _forge(*args: str, base_url: str | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("FORGE_")}
@@ -48,7 +50,12 @@ def test_agents_list_and_show(forge_server: Any) -> None:
 
 
 def test_unreachable_server_and_bad_config_are_clear(tmp_path: Any) -> None:
-    down = _forge("agents", "list", base_url="http://127.0.0.1:9")
-    assert down.returncode == 1 and "cannot reach Forge" in down.stderr
+    down = _forge("agents", "list", base_url=URL)
+    assert down.returncode == 1, down.stderr
+    assert "error: unreachable: cannot reach Forge at http://127.0.0.1:9" in down.stderr
+    not_a_url = _forge("agents", "list", base_url="127.0.0.1:9")
+    assert not_a_url.returncode == 2 and "http:// or https://" in not_a_url.stderr
+    not_a_format = _forge("sessions", "transcript", "ag_1", "--format", "html", base_url=URL)
+    assert not_a_format.returncode == 2 and "markdown or json" in not_a_format.stderr
     bad = _forge("serve", "--config", str(tmp_path / "missing.toml"))
     assert bad.returncode == 2 and "config file not found" in bad.stderr

@@ -14,7 +14,7 @@ models, and event streams that reconnect and resume by themselves.
 """
 
 from forge.client._async_client import AsyncEventStream, AsyncForgeClient
-from forge.client._base import DEFAULT_BASE_URL
+from forge.client._base import DEFAULT_BASE_URL, resolve_base_url
 from forge.client._client import EventStream, ForgeClient
 from forge.client._exceptions import (
     APIConnectionError,
@@ -53,4 +53,5 @@ __all__ = [
     "ServerError",
     "StreamLostError",
     "Transport",
+    "resolve_base_url",
 ]

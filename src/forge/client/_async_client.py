@@ -151,7 +151,8 @@ class AsyncForgeClient:
             delay = calls.retry_delay(call, attempt, self.max_retries, outcome)
             if delay is None:
                 if isinstance(outcome, Exception):
-                    raise connection_error(outcome, f"{call.method} {call.path}") from outcome
+                    what = f"{call.method} {call.path}"
+                    raise connection_error(outcome, self.base_url, what) from outcome
                 return call.answer(outcome)
             await asyncio.sleep(delay)
             attempt += 1
@@ -468,7 +469,7 @@ class AsyncForgeClient:
                         if state.finished:
                             return
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise dropped(exc, state.agent_id) from exc
+            raise dropped(exc, self.base_url, state.agent_id) from exc
 
     async def _websocket(
         self, state: Resumption, user_id: str | None
@@ -495,7 +496,7 @@ class AsyncForgeClient:
                 response.status_code, dict(response.headers), bytes(response.body or b"")
             ) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
-            raise dropped(exc, state.agent_id) from exc
+            raise dropped(exc, self.base_url, state.agent_id) from exc
 
 
 class AsyncEventStream:

@@ -43,11 +43,13 @@ def default_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dic
     return headers
 
 
-def connection_error(exc: Exception, what: str) -> APIConnectionError:
-    """The client's error for a request (`what`: "GET /api/v1/agents") that got no answer."""
+def connection_error(exc: Exception, base_url: str, what: str) -> APIConnectionError:
+    """The client's error for `what` ("GET /api/v1/agents", "the stream of ag_...") getting no
+    answer from the server at `base_url`: named, since a wrong URL is the usual cause."""
+    cause = str(exc) or type(exc).__name__
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
-        return APITimeoutError("timeout", f"{what}: no answer in time ({exc or 'timed out'})")
-    return APIConnectionError("unreachable", f"{what}: cannot reach Forge ({exc or type(exc)})")
+        return APITimeoutError("timeout", f"no answer from Forge at {base_url} in time ({what})")
+    return APIConnectionError("unreachable", f"cannot reach Forge at {base_url}: {cause} ({what})")
 
 
 def websocket_url(base_url: str, path: str, params: Mapping[str, object | None]) -> str:

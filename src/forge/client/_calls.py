@@ -209,7 +209,7 @@ def _model(model: type[M]) -> Callable[[httpx.Response], M]:
         except ValidationError as exc:
             raise InvalidResponseError(
                 "bad_response",
-                f"{response.request.method} {response.request.url.path} answered "
+                f"{response.request.method} {response.request.url} answered "
                 f"{response.status_code} with what is not a {model.__name__}: {describe(exc)}",
                 response.status_code,
             ) from None

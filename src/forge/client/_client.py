@@ -151,7 +151,8 @@ class ForgeClient:
             delay = calls.retry_delay(call, attempt, self.max_retries, outcome)
             if delay is None:
                 if isinstance(outcome, Exception):
-                    raise connection_error(outcome, f"{call.method} {call.path}") from outcome
+                    what = f"{call.method} {call.path}"
+                    raise connection_error(outcome, self.base_url, what) from outcome
                 return call.answer(outcome)
             time.sleep(delay)
             attempt += 1
@@ -465,7 +466,7 @@ class ForgeClient:
                         if state.finished:
                             return
         except (httpx.TransportError, httpx.StreamError) as exc:
-            raise dropped(exc, state.agent_id) from exc
+            raise dropped(exc, self.base_url, state.agent_id) from exc
 
     def _websocket(self, state: Resumption, user_id: str | None) -> Iterator[EventEnvelope]:
         """One WebSocket connection's events; returns when the server closes it normally."""
@@ -490,7 +491,7 @@ class ForgeClient:
                 response.status_code, dict(response.headers), bytes(response.body or b"")
             ) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
-            raise dropped(exc, state.agent_id) from exc
+            raise dropped(exc, self.base_url, state.agent_id) from exc
 
 
 class EventStream:

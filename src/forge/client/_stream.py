@@ -153,5 +153,5 @@ def refusal(status_code: int, headers: Any, body: bytes) -> ForgeClientError:
     return error_of(httpx.Response(status_code, headers=headers, content=body))
 
 
-def dropped(exc: Exception, agent_id: str) -> APIConnectionError:
-    return connection_error(exc, f"the stream of {agent_id}")
+def dropped(exc: Exception, base_url: str, agent_id: str) -> APIConnectionError:
+    return connection_error(exc, base_url, f"the stream of {agent_id}")

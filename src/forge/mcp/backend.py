@@ -2,8 +2,8 @@
 
 `InProcessBackend` calls the platform's services directly, as one caller (the key of the HTTP
 request that carried the MCP message), with the same owner rules as the REST routes.
-`HttpBackend` calls a running Forge server's REST API (for `forge mcp` over stdio), with the key
-in `FORGE_API_KEY`; the server applies its own rules.
+`HttpBackend` calls a running Forge server's REST API through `forge.client` (for `forge mcp`
+over stdio), with the key in `FORGE_API_KEY`; the server applies its own rules.
 
 Both answer JSON-shaped dicts (what the REST API would answer) and raise `ForgeError` with
 Forge's error code and message.
@@ -11,14 +11,18 @@ Forge's error code and message.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
-from urllib.parse import quote
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
-import httpx
-
+from forge.client import (
+    APIConnectionError,
+    AsyncForgeClient,
+    ForgeClientError,
+    InvalidResponseError,
+)
 from forge.core.auth import Caller
 from forge.core.errors import ForgeError
-from forge.core.neurons import neuron_owner
+from forge.core.neurons import NeuronMessage, neuron_owner
 from forge.core.schemas import InterruptRequest, MessageCreate
 from forge.core.sessions import SessionStatus, transcript_markdown
 from forge.core.tasks import TaskCreate
@@ -27,6 +31,7 @@ if TYPE_CHECKING:
     from forge.core.platform import Platform
 
 JSON = dict[str, Any]
+T = TypeVar("T")
 
 
 class ForgeBackend(Protocol):
@@ -145,75 +150,49 @@ class InProcessBackend:
 
 
 class HttpBackend:
-    """A running Forge server's REST API at `base_url`, with `headers` (the API key) on every
-    request. `default_owner` stands for the owner a tool call leaves out (a new task's, the
-    neuron's): needed when the server's auth is off; with an owner's key the server decides."""
+    """A running Forge server's REST API at `base_url`, through `forge.client`, with `api_key`
+    (else `$FORGE_API_KEY`). `default_owner` stands for the owner a tool call leaves out (a new
+    task's, the neuron's): needed when the server's auth is off; with an owner's key the server
+    decides."""
 
     def __init__(
         self,
         base_url: str,
-        headers: dict[str, str] | None = None,
+        api_key: str | None = None,
         *,
         default_owner: str | None = None,
         timeout: float = 30.0,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        self.client = AsyncForgeClient(base_url, api_key, timeout=timeout)
+        self.base_url = self.client.base_url
         self.default_owner = default_owner
-        self.client = httpx.AsyncClient(
-            base_url=self.base_url, headers=headers or {}, timeout=timeout
-        )
 
     async def aclose(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
-    async def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        params: dict[str, Any] | None = None,
-        body: JSON | None = None,
-    ) -> httpx.Response:
-        query = {k: v for k, v in (params or {}).items() if v is not None}
+    async def _ask(self, request: Awaitable[T]) -> T:
+        """`request`'s answer; the client's errors as `RemoteError`, the server's code and
+        message kept, and what is not the server's answer said with the URL it came from."""
         try:
-            response = await self.client.request(method, path, params=query, json=body)
-        except httpx.HTTPError as exc:
-            raise RemoteError(
-                503, "unavailable", f"cannot reach Forge at {self.base_url}: {exc}"
-            ) from exc
-        if response.status_code >= 400:
-            try:
-                error = response.json()
-                code, message = str(error["error"]), str(error["message"])
-            except (ValueError, KeyError, TypeError):
-                code, message = "http_error", f"HTTP {response.status_code}: {response.text[:500]}"
-            raise RemoteError(response.status_code, code, message)
-        return response
-
-    async def _json(self, method: str, path: str, **kwargs: Any) -> JSON:
-        response = await self._call(method, path, **kwargs)
-        try:
-            data = response.json()
-        except ValueError:
-            data = None
-        if not isinstance(data, dict):
+            return await request
+        except APIConnectionError as exc:
+            raise RemoteError(503, "unavailable", exc.message) from exc
+        except InvalidResponseError as exc:
             # Something answers at the base URL, but not Forge (a wrong port, a proxy's page).
-            kind = response.headers.get("content-type") or "no content type"
             raise RemoteError(
                 502,
                 "bad_response",
-                f"{self.base_url} answered {method} {path} with HTTP {response.status_code} "
-                f"and {kind}, not Forge's JSON: is it a Forge server (--base-url, "
-                "FORGE_BASE_URL)?",
-            )
-        return data
+                f"{exc.message}; is it a Forge server (--base-url, FORGE_BASE_URL)?",
+            ) from exc
+        except ForgeClientError as exc:
+            # No status: a request the client's own check of the model refused.
+            raise RemoteError(exc.status_code or 422, exc.code, exc.message) from exc
 
     async def create_task(self, body: TaskCreate) -> JSON:
         if body.owner_id is None and self.default_owner is not None:
             body = body.model_copy(update={"owner_id": self.default_owner})
-        return await self._json(
-            "POST", "/api/v1/tasks", body=body.model_dump(mode="json", exclude_none=True)
-        )
+        task = await self._ask(self.client.create_task(body))
+        return task.model_dump(mode="json")
 
     async def list_sessions(
         self,
@@ -224,65 +203,59 @@ class HttpBackend:
         limit: int,
         cursor: str | None,
     ) -> JSON:
-        params = {
-            "user_id": owner_id,
-            "status": status,
-            "profile": profile,
-            "limit": limit,
-            "cursor": cursor,
-        }
-        return await self._json("GET", "/api/v1/sessions", params=params)
+        page = await self._ask(
+            self.client.list_sessions(
+                user_id=owner_id, status=status, profile=profile, limit=limit, cursor=cursor
+            )
+        )
+        return page.model_dump(mode="json")
 
     async def get_session(self, session_id: str) -> JSON:
-        return await self._json("GET", f"/api/v1/sessions/{_segment(session_id)}")
+        session = await self._ask(self.client.get_session(session_id))
+        return session.model_dump(mode="json")
 
     async def send_message(self, session_id: str, body: MessageCreate) -> JSON:
-        return await self._json(
-            "POST",
-            f"/api/v1/agents/{_segment(session_id)}/messages",
-            body=body.model_dump(mode="json", exclude_none=True),
-        )
+        accepted = await self._ask(self.client.send_message(session_id, body))
+        return accepted.model_dump(mode="json")
 
     async def interrupt(self, session_id: str, body: InterruptRequest) -> JSON:
-        return await self._json(
-            "POST",
-            f"/api/v1/agents/{_segment(session_id)}/interrupt",
-            body=body.model_dump(mode="json", exclude_none=True),
+        accepted = await self._ask(
+            self.client.interrupt(
+                session_id, request_id=body.request_id, webhook_url=body.webhook_url
+            )
         )
+        return accepted.model_dump(mode="json")
 
     async def transcript(self, session_id: str) -> JSON:
-        return await self._json("GET", f"/api/v1/sessions/{_segment(session_id)}/transcript")
+        transcript = await self._ask(self.client.transcript(session_id))
+        return transcript.model_dump(mode="json")
 
     async def transcript_markdown(self, session_id: str) -> str:
-        response = await self._call(
-            "GET",
-            f"/api/v1/sessions/{_segment(session_id)}/transcript",
-            params={"format": "markdown"},
-        )
-        return response.text
+        return await self._ask(self.client.transcript_markdown(session_id))
 
     async def list_neurons(self, owner_id: str | None, project: str | None) -> JSON:
-        params = {"user_id": owner_id or self.default_owner, "project": project}
-        return await self._json("GET", "/api/v1/neurons", params=params)
+        neurons = await self._ask(
+            self.client.list_neurons(project=project, user_id=owner_id or self.default_owner)
+        )
+        return neurons.model_dump(mode="json")
 
     async def get_neuron(self, name: str, owner_id: str | None, project: str | None) -> JSON:
-        params = {"user_id": owner_id or self.default_owner, "project": project}
-        return await self._json("GET", f"/api/v1/neurons/{_segment(name)}", params=params)
+        neuron = await self._ask(
+            self.client.get_neuron(name, project=project, user_id=owner_id or self.default_owner)
+        )
+        return neuron.model_dump(mode="json")
 
     async def talk_to_neuron(
         self, name: str, body: MessageCreate, owner_id: str | None, project: str | None
     ) -> JSON:
-        payload = body.model_dump(mode="json", exclude_none=True)
+        fields = body.model_dump(exclude_unset=True)
         if project is not None:
-            payload["project"] = project
-        return await self._json(
-            "POST",
-            f"/api/v1/neurons/{_segment(name)}/messages",
-            params={"user_id": owner_id or self.default_owner},
-            body=payload,
+            fields["project"] = project
+        accepted = await self._ask(
+            self.client.message_neuron(
+                name,
+                NeuronMessage.model_validate(fields),
+                user_id=owner_id or self.default_owner,
+            )
         )
-
-
-def _segment(value: str) -> str:
-    """`value` as one path segment: an id or name from a tool call cannot reach another route."""
-    return quote(value, safe="")
+        return accepted.model_dump(mode="json")
