@@ -14,34 +14,29 @@ Registered on the main app by `cli.py`'s `talk` command; imports nothing of `cli
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import queue
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, TextIO, TypeVar
-from urllib.parse import quote, urlencode
 
 import typer
-from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus, InvalidURI
-from websockets.sync.client import ClientConnection, connect
 
-from forge.client import ForgeClient, ForgeClientError
+from forge.client import ForgeClient, ForgeClientError, NeuronFrame
 from forge.client.models import MessageAccepted, Neuron
 from forge.patch import PatchError, apply_operation
 
 __all__ = ["Conversation", "TalkError", "exchange", "talk"]
 
-# How long a lost stream is retried without a single frame before giving up.
+# How long a lost stream is retried without a connection before giving up.
 RECONNECT_FOR_SECONDS = 30.0
 # How long the first snapshot may take.
 FIRST_SNAPSHOT_SECONDS = 20.0
 # Statuses in which a neuron is not working on a run.
 RESTING = ("idle", "failed", "stopped")
-MAX_FRAME_BYTES = 64 * 1024 * 1024
 
 T = TypeVar("T")
 
@@ -56,12 +51,6 @@ class TalkError(Exception):
         self.message = message
 
 
-def _auth_headers() -> dict[str, str]:
-    """`Authorization` with the key in `FORGE_API_KEY`, if one is set (as the client sends)."""
-    key = os.environ.get("FORGE_API_KEY", "").strip()
-    return {"Authorization": f"Bearer {key}"} if key else {}
-
-
 # ---- the stream --------------------------------------------------------------------------------
 
 
@@ -74,153 +63,73 @@ class Frame:
 
 
 class NeuronSocket:
-    """Reads `WS /ws/neurons/{name}` in a thread, across reconnections, into `frames`. After a
-    drop it resumes after the last version it received (`?version=`); `resync()` drops the
-    connection and starts again from a snapshot. A refusal (unknown neuron, bad key) or a
-    server unreachable for `RECONNECT_FOR_SECONDS` puts a `TalkError` in `frames` and ends."""
+    """Reads the neuron's state stream (`ForgeClient.neuron_stream`) in a thread, across
+    reconnections, into `frames`. After a drop it resumes after the last version it received;
+    `resync()` drops the connection and starts again from a snapshot. A refusal (unknown neuron,
+    bad key) or a server unreachable for `RECONNECT_FOR_SECONDS` puts a `TalkError` in `frames`
+    and ends."""
 
-    def __init__(self, base_url: str, name: str, params: Mapping[str, str]) -> None:
-        ws_base = "ws" + base_url.removeprefix("http") if base_url.startswith("http") else base_url
-        self.url = f"{ws_base}/ws/neurons/{quote(name, safe='')}"
-        self.params = dict(params)  # user_id, project
+    def __init__(
+        self, client: ForgeClient, name: str, project: str | None, owner: str | None
+    ) -> None:
+        self.stream = client.neuron_stream(
+            name, project=project, user_id=owner, reconnect_for=RECONNECT_FOR_SECONDS
+        )
+        self.where = f"neuron {name} at {client.base_url}"
         self.frames: queue.Queue[Frame | TalkError] = queue.Queue()
-        self._lock = threading.Lock()
-        self._generation = 0
-        self._resume: int | None = None
-        # The server resumes only on the same agent (a replaced one starts from a snapshot) and
-        # the same way of folding the log into a document (`fold`).
-        self._agent_id: str | None = None
-        self._fold: str | None = None
-        # How the connections' streams began (told on stderr with `FORGE_TALK_DEBUG`).
-        self.snapshots = 0
-        self.resumes = 0
         self._debug = bool(os.environ.get("FORGE_TALK_DEBUG"))
-        self._ws: ClientConnection | None = None
-        self._lost_since: float | None = None
-        self._stopped = threading.Event()
+        # Connections whose beginning was told (with `FORGE_TALK_DEBUG`).
+        self._told = 0
         self._thread = threading.Thread(target=self._run, name="forge-talk-stream", daemon=True)
 
     @property
     def generation(self) -> int:
-        with self._lock:
-            return self._generation
+        return self.stream.generation
+
+    @property
+    def snapshots(self) -> int:
+        """How many connections began with a snapshot."""
+        return self.stream.snapshots
+
+    @property
+    def resumes(self) -> int:
+        """How many connections resumed after the version last received."""
+        return self.stream.resumes
 
     def start(self) -> None:
         self._thread.start()
 
     def close(self) -> None:
-        self._stopped.set()
-        self._drop()
+        self.stream.close()
         if self._thread.is_alive():
             self._thread.join(timeout=5)
 
     def resync(self) -> None:
         """Forget the position and reconnect: the next frame is a snapshot."""
-        with self._lock:
-            self._generation += 1
-            self._resume = None
-        self._drop()
-
-    def _drop(self) -> None:
-        with self._lock:
-            ws = self._ws
-        if ws is not None:
-            ws.close()
-
-    def _address(self) -> tuple[str, int, int | None]:
-        with self._lock:
-            params = dict(self.params)
-            if self._resume is not None:
-                params["version"] = str(self._resume)
-                if self._agent_id:
-                    params["agent_id"] = self._agent_id
-                if self._fold:
-                    params["fold"] = self._fold
-            query = urlencode(params)
-            url = f"{self.url}?{query}" if query else self.url
-            return url, self._generation, self._resume
+        self.stream.resync()
 
     def _run(self) -> None:
-        backoff = 0.2
-        while not self._stopped.is_set():
-            url, generation, resume = self._address()
-            try:
-                self._follow(url, generation, resume)
-                reason = "the server closed the stream"
-            except InvalidStatus as exc:
-                status = exc.response.status_code
-                if status < 500 and status != 429:
-                    self.frames.put(_refusal(status, exc.response.body))
-                    return
-                reason = f"HTTP {status}"
-            except InvalidURI as exc:
-                self.frames.put(TalkError("bad_url", str(exc)))
-                return
-            except (ConnectionClosed, InvalidHandshake, OSError, TimeoutError, ValueError) as exc:
-                reason = str(exc) or type(exc).__name__
-            if self._stopped.is_set():
-                return
-            now = time.monotonic()
-            if self._lost_since is None:
-                self._lost_since, backoff = now, 0.2
-            elif now - self._lost_since > RECONNECT_FOR_SECONDS:
-                where = self.url.split("?")[0]
-                self.frames.put(TalkError("stream_lost", f"cannot reach {where}: {reason}"))
-                return
-            self._stopped.wait(backoff)
-            backoff = min(backoff * 2, 5.0)
+        try:
+            for frame in self.stream:
+                self._tell_start(frame)
+                self.frames.put(Frame(frame.generation, frame.to_wire()))
+        except ForgeClientError as exc:
+            self.frames.put(TalkError(exc.code, exc.message))
 
-    def _follow(self, url: str, generation: int, resume: int | None) -> None:
-        with connect(
-            url, additional_headers=_auth_headers(), open_timeout=10, max_size=MAX_FRAME_BYTES
-        ) as ws:
-            with self._lock:
-                self._ws = ws
-            try:
-                first = True
-                for message in ws:
-                    body = json.loads(message)
-                    self._lost_since = None
-                    with self._lock:
-                        if generation != self._generation:
-                            return  # resync() came while this one was opening
-                        if isinstance(body.get("version"), int):
-                            self._resume = body["version"]
-                        if isinstance(body.get("fold"), str):
-                            self._fold = body["fold"]
-                        data = body.get("data")
-                        snapshot = body.get("source") == "snapshot"
-                        if snapshot and isinstance(data, dict):
-                            self._agent_id = data.get("agent_id")
-                    if first:
-                        first = False
-                        self._started(snapshot, body.get("version"), resume)
-                    self.frames.put(Frame(generation, body))
-            finally:
-                with self._lock:
-                    self._ws = None
-
-    def _started(self, snapshot: bool, version: object, resume: int | None) -> None:
-        """Count (and with `FORGE_TALK_DEBUG` tell) how a connection's stream began."""
-        if snapshot:
-            self.snapshots += 1
-            note = f"snapshot at version {version}"
+    def _tell_start(self, frame: NeuronFrame) -> None:
+        """With `FORGE_TALK_DEBUG`, how a connection's stream began."""
+        began = self.stream.snapshots + self.stream.resumes
+        if began == self._told:
+            return
+        self._told = began
+        if frame.is_snapshot:
+            self.debug(f"snapshot at version {frame.version}")
         else:
-            self.resumes += 1
-            note = f"resumed at version {resume}"
-        self.debug(note)
+            self.debug(f"resumed at version {frame.version - 1}")
 
     def debug(self, note: str) -> None:
         if self._debug:
             typer.echo(f"forge talk: {note}", err=True)
-
-
-def _refusal(status: int, body: bytes | bytearray | None) -> TalkError:
-    try:
-        error = json.loads(body or b"")
-        return TalkError(str(error.get("error")), str(error.get("message")))
-    except (ValueError, AttributeError):
-        return TalkError(f"http_{status}", "the server refused the stream")
 
 
 # ---- what is shown -----------------------------------------------------------------------------
@@ -436,8 +345,7 @@ class Conversation:
         self.project = project
         self.owner = owner or None
         # With the admin key or auth off the server needs to know whose neuron this is.
-        params = {k: v for k, v in (("user_id", owner), ("project", project)) if v}
-        self.socket = NeuronSocket(base_url, name, params)
+        self.socket = NeuronSocket(self.client, name, project or None, self.owner)
         # Whether the last operation applied ended an event (`/seq` is each event's last).
         self.at_event_end = True
         self.doc: dict[str, Any] = {}
@@ -492,7 +400,7 @@ class Conversation:
         while self.version is None:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TalkError("stream_timeout", f"no snapshot from {self.socket.url}")
+                raise TalkError("stream_timeout", f"no snapshot of {self.socket.where}")
             self.pump(min(left, 0.5), run=None)
 
     def pump(self, timeout: float, run: Run | None) -> None:

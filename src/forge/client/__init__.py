@@ -9,13 +9,14 @@ models, and event streams that reconnect and resume by themselves.
         for event in forge.stream(agent.id, request_id=run.request_id):
             print(event.seq, event.event_type)
 
+`neuron_stream(name)` follows a neuron's state document the same way (`NeuronStream`).
 `AsyncForgeClient` is the same with `await` and `async for`. The models are in
 `forge.client.models`; webhooks are checked with `forge.webhooks.verify`. See docs/client.md.
 """
 
-from forge.client._async_client import AsyncEventStream, AsyncForgeClient
+from forge.client._async_client import AsyncEventStream, AsyncForgeClient, AsyncNeuronStream
 from forge.client._base import DEFAULT_BASE_URL, resolve_base_url
-from forge.client._client import EventStream, ForgeClient
+from forge.client._client import EventStream, ForgeClient, NeuronStream
 from forge.client._exceptions import (
     APIConnectionError,
     APIError,
@@ -31,6 +32,7 @@ from forge.client._exceptions import (
     ServerError,
     StreamLostError,
 )
+from forge.client._neurons import NeuronFrame
 from forge.client._stream import Transport
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "APITimeoutError",
     "AsyncEventStream",
     "AsyncForgeClient",
+    "AsyncNeuronStream",
     "AuthenticationError",
     "ConflictError",
     "EventStream",
@@ -47,6 +50,8 @@ __all__ = [
     "ForgeClientError",
     "InvalidRequestError",
     "InvalidResponseError",
+    "NeuronFrame",
+    "NeuronStream",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping
 from datetime import datetime
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
+from websockets.asyncio.client import ClientConnection
 from websockets.asyncio.client import connect as websocket_connect
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
 
@@ -23,6 +25,12 @@ from forge.client._base import (
     websocket_url,
 )
 from forge.client._exceptions import ForgeClientError
+from forge.client._neurons import (
+    NeuronFrame,
+    NeuronPosition,
+    neuron_stream_ended,
+    neuron_stream_path,
+)
 from forge.client._stream import (
     DEFAULT_RECONNECT_FOR_SECONDS,
     MAX_FRAME_BYTES,
@@ -410,6 +418,21 @@ class AsyncForgeClient:
         body = calls.message_body(NeuronMessage, message, fields)
         return await self.send(calls.message_neuron(name, body, user_id))
 
+    def neuron_stream(
+        self,
+        name: str,
+        *,
+        project: str | None = None,
+        user_id: str | None = None,
+        reconnect_for: float | None = DEFAULT_RECONNECT_FOR_SECONDS,
+    ) -> AsyncNeuronStream:
+        """The neuron's state document, live (`WS /ws/neurons/{name}`): a snapshot frame, then
+        one JSON Patch operation a frame. It reconnects by itself and resumes after the last
+        version received (a new snapshot comes when the neuron has a new agent); refusals
+        raise as `stream` does, and `StreamLostError` after `reconnect_for` seconds without a
+        connection (None: never)."""
+        return AsyncNeuronStream(self, NeuronPosition(name, reconnect_for), project, user_id)
+
     # ---- keys (admin key) ------------------------------------------------------------------
 
     async def create_key(self, owner_id: str, *, name: str = "") -> ApiKeyCreated:
@@ -554,3 +577,143 @@ class AsyncEventStream:
             if delay is None:
                 return
             await asyncio.sleep(delay)
+
+
+class AsyncNeuronStream:
+    """The frames of `AsyncForgeClient.neuron_stream`: `async for` over it (once), applying
+    each operation to the last snapshot. `version`, `agent_id` and `fold` are where it is;
+    `snapshots` and `resumes` count how its connections began. `resync()` and `aclose()` may
+    be awaited from another task while one iterates."""
+
+    def __init__(
+        self,
+        client: AsyncForgeClient,
+        position: NeuronPosition,
+        project: str | None,
+        user_id: str | None,
+    ) -> None:
+        self._client = client
+        self._position = position
+        self._params = {"project": project, "user_id": user_id}
+        self._frames: AsyncGenerator[NeuronFrame] | None = None
+        self._connection: ClientConnection | None = None
+        self._closed = asyncio.Event()
+
+    @property
+    def name(self) -> str:
+        return self._position.name
+
+    @property
+    def version(self) -> int | None:
+        return self._position.version
+
+    @property
+    def agent_id(self) -> str | None:
+        return self._position.agent_id
+
+    @property
+    def fold(self) -> str | None:
+        return self._position.fold
+
+    @property
+    def generation(self) -> int:
+        """How many times `resync()` was called; frames of older connections carry less."""
+        return self._position.generation
+
+    @property
+    def snapshots(self) -> int:
+        return self._position.snapshots
+
+    @property
+    def resumes(self) -> int:
+        return self._position.resumes
+
+    @property
+    def connections(self) -> int:
+        return self._position.connections
+
+    def __aiter__(self) -> AsyncIterator[NeuronFrame]:
+        if self._frames is None:
+            self._frames = self._follow()
+        return self._frames
+
+    async def __aenter__(self) -> AsyncNeuronStream:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def resync(self) -> None:
+        """Forget the position and reconnect: the next frame is a snapshot."""
+        self._position.resync()
+        await self._drop()
+
+    async def aclose(self) -> None:
+        """Close the connection (iterating ends)."""
+        self._closed.set()
+        await self._drop()
+        if self._frames is not None:
+            # Another task is iterating: it ends on its own once the connection does.
+            with contextlib.suppress(RuntimeError):
+                await self._frames.aclose()
+
+    async def _drop(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+
+    async def _follow(self) -> AsyncGenerator[NeuronFrame]:
+        position = self._position
+        while not self._closed.is_set():
+            params, generation = position.resume_params()
+            try:
+                async for frame in self._websocket(params, generation):
+                    yield frame
+                cause: ForgeClientError = neuron_stream_ended()
+            except ForgeClientError as exc:
+                cause = exc
+            if self._closed.is_set():
+                return
+            if position.stale(generation):
+                continue  # given up by resync(): a snapshot at once
+            delay = position.retry_in(cause)
+            try:
+                await asyncio.wait_for(self._closed.wait(), delay)
+                return
+            except TimeoutError:
+                pass
+
+    async def _websocket(
+        self, resume: dict[str, object | None], generation: int
+    ) -> AsyncIterator[NeuronFrame]:
+        """One connection's frames; returns when it is closed normally."""
+        client, position = self._client, self._position
+        path = neuron_stream_path(position.name)
+        url = websocket_url(client.base_url, path, self._params | resume)
+        try:
+            async with websocket_connect(
+                url,
+                additional_headers=client._headers,
+                open_timeout=WS_OPEN_TIMEOUT_SECONDS,
+                max_size=MAX_FRAME_BYTES,
+            ) as connection:
+                self._connection = connection
+                try:
+                    # resync() or aclose() while it opened: they could not close it.
+                    if self._closed.is_set() or position.stale(generation):
+                        return
+                    position.connected()
+                    async for text in connection:
+                        if (frame := position.take(text, generation)) is not None:
+                            yield frame
+                        elif position.stale(generation):
+                            return
+                finally:
+                    self._connection = None
+        except InvalidStatus as exc:
+            response = exc.response
+            raise refusal(
+                response.status_code, dict(response.headers), bytes(response.body or b"")
+            ) from exc
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
+            what = f"the state stream of neuron {position.name}"
+            raise connection_error(exc, client.base_url, what) from exc

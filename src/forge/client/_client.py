@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import threading
 import time
 from collections.abc import Generator, Iterator, Mapping
 from datetime import datetime
@@ -10,6 +12,7 @@ from typing import Any, TypeVar
 
 import httpx
 from websockets.exceptions import ConnectionClosedError, InvalidHandshake, InvalidStatus
+from websockets.sync.client import ClientConnection
 from websockets.sync.client import connect as websocket_connect
 
 from forge.client import _calls as calls
@@ -23,6 +26,12 @@ from forge.client._base import (
     websocket_url,
 )
 from forge.client._exceptions import ForgeClientError
+from forge.client._neurons import (
+    NeuronFrame,
+    NeuronPosition,
+    neuron_stream_ended,
+    neuron_stream_path,
+)
 from forge.client._stream import (
     DEFAULT_RECONNECT_FOR_SECONDS,
     MAX_FRAME_BYTES,
@@ -407,6 +416,21 @@ class ForgeClient:
         body = calls.message_body(NeuronMessage, message, fields)
         return self.send(calls.message_neuron(name, body, user_id))
 
+    def neuron_stream(
+        self,
+        name: str,
+        *,
+        project: str | None = None,
+        user_id: str | None = None,
+        reconnect_for: float | None = DEFAULT_RECONNECT_FOR_SECONDS,
+    ) -> NeuronStream:
+        """The neuron's state document, live (`WS /ws/neurons/{name}`): a snapshot frame, then
+        one JSON Patch operation a frame. It reconnects by itself and resumes after the last
+        version received (a new snapshot comes when the neuron has a new agent); refusals
+        raise as `stream` does, and `StreamLostError` after `reconnect_for` seconds without a
+        connection (None: never)."""
+        return NeuronStream(self, NeuronPosition(name, reconnect_for), project, user_id)
+
     # ---- keys (admin key) ------------------------------------------------------------------
 
     def create_key(self, owner_id: str, *, name: str = "") -> ApiKeyCreated:
@@ -548,3 +572,143 @@ class EventStream:
             if delay is None:
                 return
             time.sleep(delay)
+
+
+class NeuronStream:
+    """The frames of `ForgeClient.neuron_stream`: iterate over it (once), applying each
+    operation to the last snapshot. `version`, `agent_id` and `fold` are where it is;
+    `snapshots` and `resumes` count how its connections began. `resync()` and `close()` may be
+    called from another thread while one iterates."""
+
+    def __init__(
+        self,
+        client: ForgeClient,
+        position: NeuronPosition,
+        project: str | None,
+        user_id: str | None,
+    ) -> None:
+        self._client = client
+        self._position = position
+        self._params = {"project": project, "user_id": user_id}
+        self._frames: Generator[NeuronFrame] | None = None
+        self._lock = threading.Lock()
+        self._connection: ClientConnection | None = None
+        self._closed = threading.Event()
+
+    @property
+    def name(self) -> str:
+        return self._position.name
+
+    @property
+    def version(self) -> int | None:
+        return self._position.version
+
+    @property
+    def agent_id(self) -> str | None:
+        return self._position.agent_id
+
+    @property
+    def fold(self) -> str | None:
+        return self._position.fold
+
+    @property
+    def generation(self) -> int:
+        """How many times `resync()` was called; frames of older connections carry less."""
+        return self._position.generation
+
+    @property
+    def snapshots(self) -> int:
+        return self._position.snapshots
+
+    @property
+    def resumes(self) -> int:
+        return self._position.resumes
+
+    @property
+    def connections(self) -> int:
+        return self._position.connections
+
+    def __iter__(self) -> Iterator[NeuronFrame]:
+        if self._frames is None:
+            self._frames = self._follow()
+        return self._frames
+
+    def __enter__(self) -> NeuronStream:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def resync(self) -> None:
+        """Forget the position and reconnect: the next frame is a snapshot."""
+        self._position.resync()
+        self._drop()
+
+    def close(self) -> None:
+        """Close the connection (iterating ends)."""
+        self._closed.set()
+        self._drop()
+        if self._frames is not None:
+            # Running in another thread: it ends on its own once the connection does.
+            with contextlib.suppress(ValueError):
+                self._frames.close()
+
+    def _drop(self) -> None:
+        with self._lock:
+            connection = self._connection
+        if connection is not None:
+            connection.close()
+
+    def _follow(self) -> Generator[NeuronFrame]:
+        position = self._position
+        while not self._closed.is_set():
+            params, generation = position.resume_params()
+            try:
+                yield from self._websocket(params, generation)
+                cause: ForgeClientError = neuron_stream_ended()
+            except ForgeClientError as exc:
+                cause = exc
+            if self._closed.is_set():
+                return
+            if position.stale(generation):
+                continue  # given up by resync(): a snapshot at once
+            if self._closed.wait(position.retry_in(cause)):
+                return
+
+    def _websocket(
+        self, resume: dict[str, object | None], generation: int
+    ) -> Iterator[NeuronFrame]:
+        """One connection's frames; returns when it is closed normally."""
+        client, position = self._client, self._position
+        path = neuron_stream_path(position.name)
+        url = websocket_url(client.base_url, path, self._params | resume)
+        try:
+            with websocket_connect(
+                url,
+                additional_headers=client._headers,
+                open_timeout=WS_OPEN_TIMEOUT_SECONDS,
+                max_size=MAX_FRAME_BYTES,
+            ) as connection:
+                with self._lock:
+                    self._connection = connection
+                try:
+                    # resync() or close() while it opened: they could not close it.
+                    if self._closed.is_set() or position.stale(generation):
+                        return
+                    position.connected()
+                    for text in connection:
+                        if (frame := position.take(text, generation)) is not None:
+                            yield frame
+                        elif position.stale(generation):
+                            return
+                finally:
+                    with self._lock:
+                        self._connection = None
+        except InvalidStatus as exc:
+            response = exc.response
+            raise refusal(
+                response.status_code, dict(response.headers), bytes(response.body or b"")
+            ) from exc
+        except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
+            what = f"the state stream of neuron {position.name}"
+            raise connection_error(exc, client.base_url, what) from exc

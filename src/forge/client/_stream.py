@@ -67,13 +67,12 @@ class Resumption:
         self.served = False
         self.finished = False
         self.connections = 0
-        self._lost_since: float | None = None
-        self._backoff = FIRST_BACKOFF_SECONDS
+        self._reconnection = Reconnection(reconnect_for)
 
     def connected(self) -> None:
         self.served = True
         self.connections += 1
-        self._lost_since = None
+        self._reconnection.connected()
 
     def take(self, data: str | bytes) -> EventEnvelope | None:
         """The event in one SSE `data` or WebSocket frame, if it is new and one the caller asked
@@ -88,7 +87,7 @@ class Resumption:
         if event.seq <= self.last_seq:
             return None
         self.last_seq = event.seq
-        self._backoff = FIRST_BACKOFF_SECONDS
+        self._reconnection.progressed()
         if self.request_id is None:
             return event
         if event.request_id != self.request_id:
@@ -104,6 +103,31 @@ class Resumption:
             if self.served:
                 return None
             raise cause
+        return self._reconnection.delay(
+            cause, f"the stream of {self.agent_id}", f"last seq {self.last_seq}"
+        )
+
+
+class Reconnection:
+    """How long a stream has been without a connection, and how long it waits before the next
+    attempt: the same rules for every stream the client follows."""
+
+    def __init__(self, reconnect_for: float | None) -> None:
+        self.reconnect_for = reconnect_for
+        self._lost_since: float | None = None
+        self._backoff = FIRST_BACKOFF_SECONDS
+
+    def connected(self) -> None:
+        self._lost_since = None
+
+    def progressed(self) -> None:
+        """Something new arrived: the next loss starts again from the first backoff."""
+        self._backoff = FIRST_BACKOFF_SECONDS
+
+    def delay(self, cause: ForgeClientError, what: str, where: str) -> float:
+        """Seconds to wait before connecting `what` again after `cause`. Raises `cause` when
+        trying again cannot help, and `StreamLostError` (naming `where` it was) once
+        `reconnect_for` seconds have passed without a connection."""
         if not isinstance(cause, APIConnectionError | ServerError | RateLimitError):
             raise cause
         now = time.monotonic()
@@ -112,8 +136,8 @@ class Resumption:
         if self.reconnect_for is not None and now - self._lost_since > self.reconnect_for:
             raise StreamLostError(
                 "stream_lost",
-                f"the stream of {self.agent_id} could not reconnect for {self.reconnect_for:g} s "
-                f"(last seq {self.last_seq}): {cause.message}",
+                f"{what} could not reconnect for {self.reconnect_for:g} s ({where}): "
+                f"{cause.message}",
             ) from cause
         delay = self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
