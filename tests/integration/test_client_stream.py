@@ -5,12 +5,14 @@ order, and reconnects by itself."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import threading
 import time
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from forge.client import (
@@ -28,6 +30,11 @@ GATED = """
 [profiles.gated]
 executor = "command"
 command = "i=0; while [ ! -e go ]; do i=$((i+1)); echo tick $i; sleep 0.1; done; echo done"
+"""
+QUICK = """
+[profiles.quick]
+executor = "command"
+command = "echo one; echo two"
 """
 WAIT_SECONDS = 60
 
@@ -178,3 +185,26 @@ def test_a_stream_gives_up_after_reconnect_for_seconds_without_a_server() -> Non
         with pytest.raises(StreamLostError) as lost:
             list(stream)
     assert lost.value.code == "stream_lost" and "ag_x" in lost.value.message
+
+
+def test_a_stream_left_early_gives_its_connection_back_at_once(forge_server: Any) -> None:
+    """With one connection in the pool and the garbage collector off, a request right after a
+    stream the caller stopped reading (at its run's final event, or mid-way) gets that
+    connection: the stream closed it when it was dropped."""
+    server: ForgeServer = forge_server(QUICK)
+    agent_id = server.create_agent(profile="quick")["id"]
+    one_connection = httpx.HTTPTransport(limits=httpx.Limits(max_connections=1))
+    gc.disable()
+    try:
+        with ForgeClient(
+            server.base_url, timeout=5, max_retries=0, transport=one_connection
+        ) as client:
+            run = client.send_message(agent_id, "go")
+            for event in client.stream(agent_id, request_id=run.request_id):
+                if event.is_final:
+                    break
+            assert client.get_agent(agent_id).last_seq == event.seq
+            assert next(iter(client.stream(agent_id, after=1))).seq == 2
+            assert client.get_agent(agent_id).id == agent_id
+    finally:
+        gc.enable()

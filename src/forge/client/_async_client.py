@@ -474,6 +474,9 @@ class AsyncForgeClient:
 
     async def _sse(self, state: Resumption, user_id: str | None) -> AsyncIterator[EventEnvelope]:
         """One SSE connection's events; returns when the server ends it."""
+        # The run's last event is yielded once its connection is closed: a caller that stops
+        # there leaves nothing open.
+        final: EventEnvelope | None = None
         path = calls.event_stream_path(state.agent_id)
         params = {"after": str(state.last_seq)} | ({"user_id": user_id} if user_id else {})
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(state.last_seq)}
@@ -488,16 +491,22 @@ class AsyncForgeClient:
                 async for line in response.aiter_lines():
                     data = decoder.feed(line)
                     if data is not None and (event := state.take(data)) is not None:
-                        yield event
                         if state.finished:
-                            return
+                            final = event
+                            break
+                        yield event
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
+        if final is not None:
+            yield final
 
     async def _websocket(
         self, state: Resumption, user_id: str | None
     ) -> AsyncIterator[EventEnvelope]:
         """One WebSocket connection's events; returns when the server closes it normally."""
+        # The run's last event is yielded once its connection is closed: a caller that stops
+        # there leaves nothing open.
+        final: EventEnvelope | None = None
         path = calls.websocket_path(state.agent_id)
         url = websocket_url(self.base_url, path, {"after": state.last_seq, "user_id": user_id})
         try:
@@ -510,9 +519,10 @@ class AsyncForgeClient:
                 state.connected()
                 async for frame in connection:
                     if (event := state.take(frame)) is not None:
-                        yield event
                         if state.finished:
-                            return
+                            final = event
+                            break
+                        yield event
         except InvalidStatus as exc:
             response = exc.response
             raise refusal(
@@ -520,6 +530,8 @@ class AsyncForgeClient:
             ) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
+        if final is not None:
+            yield final
 
 
 class AsyncEventStream:
@@ -545,7 +557,7 @@ class AsyncEventStream:
 
     def __aiter__(self) -> AsyncIterator[EventEnvelope]:
         if self._events is None:
-            self._events = self._follow()
+            self._events = _follow_events(self._client, self._state, self._transport, self._user_id)
         return self._events
 
     async def __aenter__(self) -> AsyncEventStream:
@@ -559,24 +571,30 @@ class AsyncEventStream:
         if self._events is not None:
             await self._events.aclose()
 
-    async def _follow(self) -> AsyncGenerator[EventEnvelope]:
-        state, client = self._state, self._client
-        connect = client._websocket if self._transport == "websocket" else client._sse
-        while not state.finished:
-            try:
-                async for event in connect(state, self._user_id):
-                    yield event
-                if state.finished:
-                    return
-                # Closed by the server: its agent was deleted (a 404 now), or it is stopping.
-                await client.get_agent(state.agent_id, user_id=self._user_id)
-                cause: ForgeClientError = stream_ended()
-            except ForgeClientError as exc:
-                cause = exc
-            delay = state.retry_in(cause)
-            if delay is None:
+
+async def _follow_events(
+    client: AsyncForgeClient, state: Resumption, transport: Transport, user_id: str | None
+) -> AsyncGenerator[EventEnvelope]:
+    """The events of a stream across its connections. A function of its own, holding no
+    reference to the stream object: a stream dropped mid-iteration is freed (and its connection
+    closed) at once, not by a later garbage collection that could run where its connection
+    pool is locked."""
+    connect = client._websocket if transport == "websocket" else client._sse
+    while not state.finished:
+        try:
+            async for event in connect(state, user_id):
+                yield event
+            if state.finished:
                 return
-            await asyncio.sleep(delay)
+            # Closed by the server: its agent was deleted (a 404 now), or it is stopping.
+            await client.get_agent(state.agent_id, user_id=user_id)
+            cause: ForgeClientError = stream_ended()
+        except ForgeClientError as exc:
+            cause = exc
+        delay = state.retry_in(cause)
+        if delay is None:
+            return
+        await asyncio.sleep(delay)
 
 
 class AsyncNeuronStream:
@@ -592,12 +610,11 @@ class AsyncNeuronStream:
         project: str | None,
         user_id: str | None,
     ) -> None:
-        self._client = client
         self._position = position
-        self._params = {"project": project, "user_id": user_id}
+        self._follower = _AsyncNeuronFollower(
+            client, position, {"project": project, "user_id": user_id}
+        )
         self._frames: AsyncGenerator[NeuronFrame] | None = None
-        self._connection: ClientConnection | None = None
-        self._closed = asyncio.Event()
 
     @property
     def name(self) -> str:
@@ -634,7 +651,7 @@ class AsyncNeuronStream:
 
     def __aiter__(self) -> AsyncIterator[NeuronFrame]:
         if self._frames is None:
-            self._frames = self._follow()
+            self._frames = self._follower.follow()
         return self._frames
 
     async def __aenter__(self) -> AsyncNeuronStream:
@@ -646,24 +663,39 @@ class AsyncNeuronStream:
     async def resync(self) -> None:
         """Forget the position and reconnect: the next frame is a snapshot."""
         self._position.resync()
-        await self._drop()
+        await self._follower.drop()
 
     async def aclose(self) -> None:
         """Close the connection (iterating ends)."""
-        self._closed.set()
-        await self._drop()
+        self._follower.closed.set()
+        await self._follower.drop()
         if self._frames is not None:
             # Another task is iterating: it ends on its own once the connection does.
             with contextlib.suppress(RuntimeError):
                 await self._frames.aclose()
 
-    async def _drop(self) -> None:
+
+class _AsyncNeuronFollower:
+    """The connections of one `AsyncNeuronStream`, and the generator of its frames. Kept apart
+    from the stream object so that the generator holds no reference to it: a stream dropped
+    mid-iteration is freed, and its connection closed, at once."""
+
+    def __init__(
+        self, client: AsyncForgeClient, position: NeuronPosition, params: dict[str, str | None]
+    ) -> None:
+        self._client = client
+        self._position = position
+        self._params = params
+        self._connection: ClientConnection | None = None
+        self.closed = asyncio.Event()
+
+    async def drop(self) -> None:
         if self._connection is not None:
             await self._connection.close()
 
-    async def _follow(self) -> AsyncGenerator[NeuronFrame]:
+    async def follow(self) -> AsyncGenerator[NeuronFrame]:
         position = self._position
-        while not self._closed.is_set():
+        while not self.closed.is_set():
             params, generation = position.resume_params()
             try:
                 async for frame in self._websocket(params, generation):
@@ -671,13 +703,13 @@ class AsyncNeuronStream:
                 cause: ForgeClientError = neuron_stream_ended()
             except ForgeClientError as exc:
                 cause = exc
-            if self._closed.is_set():
+            if self.closed.is_set():
                 return
             if position.stale(generation):
                 continue  # given up by resync(): a snapshot at once
             delay = position.retry_in(cause)
             try:
-                await asyncio.wait_for(self._closed.wait(), delay)
+                await asyncio.wait_for(self.closed.wait(), delay)
                 return
             except TimeoutError:
                 pass
@@ -699,7 +731,7 @@ class AsyncNeuronStream:
                 self._connection = connection
                 try:
                     # resync() or aclose() while it opened: they could not close it.
-                    if self._closed.is_set() or position.stale(generation):
+                    if self.closed.is_set() or position.stale(generation):
                         return
                     position.connected()
                     async for text in connection:

@@ -472,6 +472,9 @@ class ForgeClient:
 
     def _sse(self, state: Resumption, user_id: str | None) -> Iterator[EventEnvelope]:
         """One SSE connection's events; returns when the server ends it."""
+        # The run's last event is yielded once its connection is closed: a caller that stops
+        # there leaves nothing open.
+        final: EventEnvelope | None = None
         path = calls.event_stream_path(state.agent_id)
         params = {"after": str(state.last_seq)} | ({"user_id": user_id} if user_id else {})
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(state.last_seq)}
@@ -486,14 +489,20 @@ class ForgeClient:
                 for line in response.iter_lines():
                     data = decoder.feed(line)
                     if data is not None and (event := state.take(data)) is not None:
-                        yield event
                         if state.finished:
-                            return
+                            final = event
+                            break
+                        yield event
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
+        if final is not None:
+            yield final
 
     def _websocket(self, state: Resumption, user_id: str | None) -> Iterator[EventEnvelope]:
         """One WebSocket connection's events; returns when the server closes it normally."""
+        # The run's last event is yielded once its connection is closed: a caller that stops
+        # there leaves nothing open.
+        final: EventEnvelope | None = None
         path = calls.websocket_path(state.agent_id)
         url = websocket_url(self.base_url, path, {"after": state.last_seq, "user_id": user_id})
         try:
@@ -506,9 +515,10 @@ class ForgeClient:
                 state.connected()
                 for frame in connection:
                     if (event := state.take(frame)) is not None:
-                        yield event
                         if state.finished:
-                            return
+                            final = event
+                            break
+                        yield event
         except InvalidStatus as exc:
             response = exc.response
             raise refusal(
@@ -516,6 +526,8 @@ class ForgeClient:
             ) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
+        if final is not None:
+            yield final
 
 
 class EventStream:
@@ -541,7 +553,7 @@ class EventStream:
 
     def __iter__(self) -> Iterator[EventEnvelope]:
         if self._events is None:
-            self._events = self._follow()
+            self._events = _follow_events(self._client, self._state, self._transport, self._user_id)
         return self._events
 
     def __enter__(self) -> EventStream:
@@ -555,23 +567,29 @@ class EventStream:
         if self._events is not None:
             self._events.close()
 
-    def _follow(self) -> Generator[EventEnvelope]:
-        state, client = self._state, self._client
-        connect = client._websocket if self._transport == "websocket" else client._sse
-        while not state.finished:
-            try:
-                yield from connect(state, self._user_id)
-                if state.finished:
-                    return
-                # Closed by the server: its agent was deleted (a 404 now), or it is stopping.
-                client.get_agent(state.agent_id, user_id=self._user_id)
-                cause: ForgeClientError = stream_ended()
-            except ForgeClientError as exc:
-                cause = exc
-            delay = state.retry_in(cause)
-            if delay is None:
+
+def _follow_events(
+    client: ForgeClient, state: Resumption, transport: Transport, user_id: str | None
+) -> Generator[EventEnvelope]:
+    """The events of a stream across its connections. A function of its own, holding no
+    reference to the stream object: a stream dropped mid-iteration is freed (and its connection
+    closed) at once, not by a later garbage collection that could run where its connection
+    pool is locked."""
+    connect = client._websocket if transport == "websocket" else client._sse
+    while not state.finished:
+        try:
+            yield from connect(state, user_id)
+            if state.finished:
                 return
-            time.sleep(delay)
+            # Closed by the server: its agent was deleted (a 404 now), or it is stopping.
+            client.get_agent(state.agent_id, user_id=user_id)
+            cause: ForgeClientError = stream_ended()
+        except ForgeClientError as exc:
+            cause = exc
+        delay = state.retry_in(cause)
+        if delay is None:
+            return
+        time.sleep(delay)
 
 
 class NeuronStream:
@@ -587,13 +605,9 @@ class NeuronStream:
         project: str | None,
         user_id: str | None,
     ) -> None:
-        self._client = client
         self._position = position
-        self._params = {"project": project, "user_id": user_id}
+        self._follower = _NeuronFollower(client, position, {"project": project, "user_id": user_id})
         self._frames: Generator[NeuronFrame] | None = None
-        self._lock = threading.Lock()
-        self._connection: ClientConnection | None = None
-        self._closed = threading.Event()
 
     @property
     def name(self) -> str:
@@ -630,7 +644,7 @@ class NeuronStream:
 
     def __iter__(self) -> Iterator[NeuronFrame]:
         if self._frames is None:
-            self._frames = self._follow()
+            self._frames = self._follower.follow()
         return self._frames
 
     def __enter__(self) -> NeuronStream:
@@ -642,37 +656,53 @@ class NeuronStream:
     def resync(self) -> None:
         """Forget the position and reconnect: the next frame is a snapshot."""
         self._position.resync()
-        self._drop()
+        self._follower.drop()
 
     def close(self) -> None:
         """Close the connection (iterating ends)."""
-        self._closed.set()
-        self._drop()
+        self._follower.closed.set()
+        self._follower.drop()
         if self._frames is not None:
             # Running in another thread: it ends on its own once the connection does.
             with contextlib.suppress(ValueError):
                 self._frames.close()
 
-    def _drop(self) -> None:
+
+class _NeuronFollower:
+    """The connections of one `NeuronStream`, and the generator of its frames. Kept apart from
+    the stream object so that the generator holds no reference to it: a stream dropped
+    mid-iteration is freed, and its connection closed, at once."""
+
+    def __init__(
+        self, client: ForgeClient, position: NeuronPosition, params: dict[str, str | None]
+    ) -> None:
+        self._client = client
+        self._position = position
+        self._params = params
+        self._lock = threading.Lock()
+        self._connection: ClientConnection | None = None
+        self.closed = threading.Event()
+
+    def drop(self) -> None:
         with self._lock:
             connection = self._connection
         if connection is not None:
             connection.close()
 
-    def _follow(self) -> Generator[NeuronFrame]:
+    def follow(self) -> Generator[NeuronFrame]:
         position = self._position
-        while not self._closed.is_set():
+        while not self.closed.is_set():
             params, generation = position.resume_params()
             try:
                 yield from self._websocket(params, generation)
                 cause: ForgeClientError = neuron_stream_ended()
             except ForgeClientError as exc:
                 cause = exc
-            if self._closed.is_set():
+            if self.closed.is_set():
                 return
             if position.stale(generation):
                 continue  # given up by resync(): a snapshot at once
-            if self._closed.wait(position.retry_in(cause)):
+            if self.closed.wait(position.retry_in(cause)):
                 return
 
     def _websocket(
@@ -693,7 +723,7 @@ class NeuronStream:
                     self._connection = connection
                 try:
                     # resync() or close() while it opened: they could not close it.
-                    if self._closed.is_set() or position.stale(generation):
+                    if self.closed.is_set() or position.stale(generation):
                         return
                     position.connected()
                     for text in connection:
