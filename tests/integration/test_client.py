@@ -64,6 +64,7 @@ WRONG_KEY = "fk_" + "0" * 26 + "_" + "0" * 64
 # Public names of the client classes that are not API operations.
 NOT_OPERATIONS = {
     "close": "ends the client itself",
+    "aclose": "ends the client itself (the async client's name for `close`)",
     "send": "sends a hand-made `Call`; every method below goes through it",
 }
 # Operations of the server's OpenAPI document that no client method is for.
@@ -370,9 +371,14 @@ def test_agents_and_profiles(clients: Clients) -> None:
     # Without a run to follow, a stream goes on until its agent is deleted.
     run = forge.send_message(newer.id, "echo one")
     everything = iter(forge.stream(newer.id))
-    assert next(e for e in everything if e.is_final).request_id == run.request_id
+    before_delete = [next(everything)]
+    while not before_delete[-1].is_final:
+        before_delete.append(next(everything))
+    assert before_delete[-1].request_id == run.request_id
     forge.delete_agent(newer.id, purge=True)
-    assert {e.agent_id for e in everything} <= {newer.id}
+    # The loop ends by itself once the agent is gone, every seq once and in order.
+    seqs = [e.seq for e in before_delete + list(everything)]
+    assert seqs == list(range(1, len(seqs) + 1))
     with pytest.raises(NotFoundError) as gone:
         forge.get_agent(newer.id)
     assert (gone.value.code, gone.value.status_code) == ("agent_not_found", 404)
@@ -406,9 +412,6 @@ def test_runs_events_and_streams(clients: Clients) -> None:
     assert next(live).request_id == slow.request_id
     stopping = forge.interrupt(agent.id, request_id=slow.request_id)
     assert (stopping.status, stopping.request_id) == ("interrupting", slow.request_id)
-    # Read to its end. A sync `EventStream` left at its final event keeps its connection open
-    # (its generator and it form a cycle) until the cyclic garbage collector runs; when that
-    # happens inside httpcore's pool lock, closing the response deadlocks the next request.
     ended = list(live)
     assert ended[-1].is_final and ended[-1].outcome == "interrupted"
 
@@ -784,7 +787,13 @@ def whole_module_ran(request: pytest.FixtureRequest, flavour: str) -> bool:
 
 
 def test_both_clients_offer_the_same_operations() -> None:
+    """The same names, parameters and defaults: the async client is the sync one with `await`
+    (written twice, so this keeps them together)."""
     assert operations(ForgeClient) == operations(AsyncForgeClient)
+    for name in operations(ForgeClient):
+        sync = inspect.signature(getattr(ForgeClient, name))
+        asynchronous = inspect.signature(getattr(AsyncForgeClient, name))
+        assert list(sync.parameters.values()) == list(asynchronous.parameters.values()), name
 
 
 def test_every_method_and_every_route_was_called(

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import re
 import signal
 import threading
 import time
@@ -156,6 +157,13 @@ def test_streams_yield_every_seq_once_while_the_server_is_killed_twice(
         # One connection before the kills and one after each at least.
         assert consumer.connections >= 3, (consumer.name, consumer.connections)
 
+    # Each stream asked the server for the log from the start once, and after that resumed
+    # where it was (`after=<last seq>`), rather than reading it again and dropping repeats.
+    pattern = rf"/api/v1/agents/{agent_id}/(?:events|stream)\?after=(\d+)[\" ]"
+    afters = [int(after) for after in re.findall(pattern, server.log())]
+    assert afters.count(0) == len(consumers), afters
+    assert len([after for after in afters if after > 0]) >= 2 * len(consumers), afters
+
 
 def test_a_stream_ends_when_its_agent_is_deleted_and_refuses_an_unknown_one(
     forge_server: Any,
@@ -208,3 +216,35 @@ def test_a_stream_left_early_gives_its_connection_back_at_once(forge_server: Any
             assert client.get_agent(agent_id).id == agent_id
     finally:
         gc.enable()
+
+
+async def test_an_async_stream_left_early_gives_its_connection_back_at_once(
+    forge_server: Any,
+) -> None:
+    """The same with the async client: its connection is closed when the stream is closed,
+    not later when the event loop gets round to finalizing the generators inside it (which
+    would also free it for the next request, so the pool itself is looked at right away)."""
+    server: ForgeServer = forge_server(QUICK)
+    agent_id = server.create_agent(profile="quick")["id"]
+    one_connection = httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=1))
+    async with AsyncForgeClient(
+        server.base_url, timeout=5, max_retries=0, transport=one_connection
+    ) as client:
+        run = await client.send_message(agent_id, "go")
+        async with client.stream(agent_id, request_id=run.request_id) as stream:
+            async for event in stream:
+                if event.is_final:
+                    break
+        assert not _busy(one_connection)
+        assert (await client.get_agent(agent_id)).last_seq == event.seq
+        async with client.stream(agent_id, after=1) as stream:
+            second = await anext(aiter(stream))
+        assert not _busy(one_connection)
+        assert second.seq == 2
+        assert (await client.get_agent(agent_id)).id == agent_id
+
+
+def _busy(transport: httpx.AsyncHTTPTransport) -> list[Any]:
+    """The pool's connections still serving a request (httpcore's pool, behind the transport)."""
+    pool = transport._pool
+    return [c for c in pool.connections if not (c.is_idle() or c.is_closed())]

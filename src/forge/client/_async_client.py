@@ -18,6 +18,7 @@ from forge.client import _calls as calls
 from forge.client._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_SECONDS,
+    bad_body,
     connection_error,
     default_headers,
     resolve_api_key,
@@ -41,6 +42,7 @@ from forge.client._stream import (
     Transport,
     check_transport,
     dropped,
+    handshake_refusal,
     refusal,
     stream_ended,
 )
@@ -136,10 +138,14 @@ class AsyncForgeClient:
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
-        await self.close()
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
 
     async def close(self) -> None:
-        await self._http.aclose()
+        """The same as `aclose`."""
+        await self.aclose()
 
     async def send(self, call: calls.Call[T]) -> T:
         """Send `call`, retrying as the class says, and read its answer."""
@@ -156,6 +162,8 @@ class AsyncForgeClient:
                 )
             except httpx.TransportError as exc:
                 outcome = exc
+            except httpx.DecodingError as exc:
+                raise bad_body(exc, self.base_url) from exc
             delay = calls.retry_delay(call, attempt, self.max_retries, outcome)
             if delay is None:
                 if isinstance(outcome, Exception):
@@ -472,11 +480,8 @@ class AsyncForgeClient:
 
     # ---- streams ---------------------------------------------------------------------------
 
-    async def _sse(self, state: Resumption, user_id: str | None) -> AsyncIterator[EventEnvelope]:
+    async def _sse(self, state: Resumption, user_id: str | None) -> AsyncGenerator[EventEnvelope]:
         """One SSE connection's events; returns when the server ends it."""
-        # The run's last event is yielded once its connection is closed: a caller that stops
-        # there leaves nothing open.
-        final: EventEnvelope | None = None
         path = calls.event_stream_path(state.agent_id)
         params = {"after": str(state.last_seq)} | ({"user_id": user_id} if user_id else {})
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(state.last_seq)}
@@ -488,25 +493,21 @@ class AsyncForgeClient:
                     raise refusal(response.status_code, response.headers, await response.aread())
                 state.connected()
                 decoder = SseDecoder()
-                async for line in response.aiter_lines():
-                    data = decoder.feed(line)
-                    if data is not None and (event := state.take(data)) is not None:
-                        if state.finished:
-                            final = event
-                            break
-                        yield event
+                async for chunk in response.aiter_text():
+                    for data in decoder.feed(chunk):
+                        if (event := state.take(data)) is not None:
+                            yield event
+                    if state.finished:
+                        return
+        except httpx.DecodingError as exc:
+            raise bad_body(exc, self.base_url) from exc
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
-        if final is not None:
-            yield final
 
     async def _websocket(
         self, state: Resumption, user_id: str | None
-    ) -> AsyncIterator[EventEnvelope]:
+    ) -> AsyncGenerator[EventEnvelope]:
         """One WebSocket connection's events; returns when the server closes it normally."""
-        # The run's last event is yielded once its connection is closed: a caller that stops
-        # there leaves nothing open.
-        final: EventEnvelope | None = None
         path = calls.websocket_path(state.agent_id)
         url = websocket_url(self.base_url, path, {"after": state.last_seq, "user_id": user_id})
         try:
@@ -519,19 +520,13 @@ class AsyncForgeClient:
                 state.connected()
                 async for frame in connection:
                     if (event := state.take(frame)) is not None:
-                        if state.finished:
-                            final = event
-                            break
                         yield event
+                    if state.finished:
+                        return
         except InvalidStatus as exc:
-            response = exc.response
-            raise refusal(
-                response.status_code, dict(response.headers), bytes(response.body or b"")
-            ) from exc
+            raise handshake_refusal(exc) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
-        if final is not None:
-            yield final
 
 
 class AsyncEventStream:
@@ -575,26 +570,31 @@ class AsyncEventStream:
 async def _follow_events(
     client: AsyncForgeClient, state: Resumption, transport: Transport, user_id: str | None
 ) -> AsyncGenerator[EventEnvelope]:
-    """The events of a stream across its connections. A function of its own, holding no
-    reference to the stream object: a stream dropped mid-iteration is freed (and its connection
-    closed) at once, not by a later garbage collection that could run where its connection
-    pool is locked."""
+    """The events of a stream across its connections, then the run's final event once its
+    connection is closed. A function of its own, holding no reference to the stream object: a
+    stream dropped mid-iteration is freed (and its connection closed) at once, not by a later
+    garbage collection that could run where its connection pool is locked."""
     connect = client._websocket if transport == "websocket" else client._sse
     while not state.finished:
         try:
-            async for event in connect(state, user_id):
-                yield event
+            async with contextlib.aclosing(connect(state, user_id)) as events:
+                async for event in events:
+                    yield event
             if state.finished:
-                return
+                break
             # Closed by the server: its agent was deleted (a 404 now), or it is stopping.
             await client.get_agent(state.agent_id, user_id=user_id)
             cause: ForgeClientError = stream_ended()
         except ForgeClientError as exc:
+            if state.finished:
+                break  # closing the connection failed; the run's events are all in
             cause = exc
         delay = state.retry_in(cause)
         if delay is None:
             return
         await asyncio.sleep(delay)
+    if state.final is not None:
+        yield state.final
 
 
 class AsyncNeuronStream:
@@ -661,13 +661,15 @@ class AsyncNeuronStream:
         await self.aclose()
 
     async def resync(self) -> None:
-        """Forget the position and reconnect: the next frame is a snapshot."""
+        """Forget the position and reconnect at once: the next frame is a snapshot."""
         self._position.resync()
+        self._follower.wake.set()
         await self._follower.drop()
 
     async def aclose(self) -> None:
         """Close the connection (iterating ends)."""
         self._follower.closed.set()
+        self._follower.wake.set()
         await self._follower.drop()
         if self._frames is not None:
             # Another task is iterating: it ends on its own once the connection does.
@@ -688,6 +690,8 @@ class _AsyncNeuronFollower:
         self._params = params
         self._connection: ClientConnection | None = None
         self.closed = asyncio.Event()
+        # Set to cut a wait between connections short (resync, aclose).
+        self.wake = asyncio.Event()
 
     async def drop(self) -> None:
         if self._connection is not None:
@@ -698,8 +702,10 @@ class _AsyncNeuronFollower:
         while not self.closed.is_set():
             params, generation = position.resume_params()
             try:
-                async for frame in self._websocket(params, generation):
-                    yield frame
+                frames = self._websocket(params, generation)
+                async with contextlib.aclosing(frames):
+                    async for frame in frames:
+                        yield frame
                 cause: ForgeClientError = neuron_stream_ended()
             except ForgeClientError as exc:
                 cause = exc
@@ -708,15 +714,13 @@ class _AsyncNeuronFollower:
             if position.stale(generation):
                 continue  # given up by resync(): a snapshot at once
             delay = position.retry_in(cause)
-            try:
-                await asyncio.wait_for(self.closed.wait(), delay)
-                return
-            except TimeoutError:
-                pass
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.wake.wait(), delay)
+            self.wake.clear()
 
     async def _websocket(
         self, resume: dict[str, object | None], generation: int
-    ) -> AsyncIterator[NeuronFrame]:
+    ) -> AsyncGenerator[NeuronFrame]:
         """One connection's frames; returns when it is closed normally."""
         client, position = self._client, self._position
         path = neuron_stream_path(position.name)
@@ -742,10 +746,7 @@ class _AsyncNeuronFollower:
                 finally:
                     self._connection = None
         except InvalidStatus as exc:
-            response = exc.response
-            raise refusal(
-                response.status_code, dict(response.headers), bytes(response.body or b"")
-            ) from exc
+            raise handshake_refusal(exc) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
             what = f"the state stream of neuron {position.name}"
             raise connection_error(exc, client.base_url, what) from exc

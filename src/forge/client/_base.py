@@ -10,7 +10,7 @@ from urllib.parse import urlencode, urlsplit
 import httpx
 
 from forge import __version__
-from forge.client._exceptions import APIConnectionError, APITimeoutError
+from forge.client._exceptions import APIConnectionError, APITimeoutError, InvalidResponseError
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8887"
 DEFAULT_TIMEOUT_SECONDS = 30.0
@@ -31,8 +31,10 @@ def resolve_base_url(base_url: str | None) -> str:
 
 def resolve_api_key(api_key: str | None) -> str | None:
     """`api_key`, else `$FORGE_API_KEY`, else None (a server with authentication off)."""
-    key = api_key if api_key is not None else os.environ.get("FORGE_API_KEY", "")
-    return key.strip() or None
+    key = (api_key if api_key is not None else os.environ.get("FORGE_API_KEY", "")).strip()
+    if not key.isascii() or not key.isprintable():
+        raise ValueError("the API key must be printable ASCII (as `forge keys create` makes them)")
+    return key or None
 
 
 def default_headers(api_key: str | None, extra: Mapping[str, str] | None) -> dict[str, str]:
@@ -50,6 +52,13 @@ def connection_error(exc: Exception, base_url: str, what: str) -> APIConnectionE
     if isinstance(exc, httpx.TimeoutException | TimeoutError):
         return APITimeoutError("timeout", f"no answer from Forge at {base_url} in time ({what})")
     return APIConnectionError("unreachable", f"cannot reach Forge at {base_url}: {cause} ({what})")
+
+
+def bad_body(exc: Exception, base_url: str) -> InvalidResponseError:
+    """The client's error for an answer whose body cannot be decoded (a broken compression)."""
+    return InvalidResponseError(
+        "bad_response", f"Forge at {base_url} sent a body that cannot be decoded: {exc}"
+    )
 
 
 def websocket_url(base_url: str, path: str, params: Mapping[str, object | None]) -> str:

@@ -155,7 +155,8 @@ def retry_delay(
     A 429 was refused before anything was done, so any call is sent again. Other answers worth
     a retry (502, 503, 504: a replica or its proxy restarting), and a connection that broke
     after the request went out, are retried only for idempotent calls; a connection that was
-    never made, for any call."""
+    never made, for any call. The wait is the backoff or the answer's Retry-After, whichever
+    is longer; a Retry-After over `MAX_RETRY_DELAY_SECONDS` is not waited for."""
     if attempt >= max_retries:
         return None
     backoff = min(0.5 * 2.0**attempt, 8.0)
@@ -165,7 +166,9 @@ def retry_delay(
             return None
         if status != 429 and not call.idempotent:
             return None
-        return max(backoff, min(retry_after(outcome), MAX_RETRY_DELAY_SECONDS))
+        wait = retry_after(outcome)
+        # Longer than a caller would want a call to block: the error says when to come back.
+        return None if wait > MAX_RETRY_DELAY_SECONDS else max(backoff, wait)
     if call.idempotent or isinstance(outcome, httpx.ConnectError | httpx.ConnectTimeout):
         return backoff
     return None
@@ -230,7 +233,10 @@ def _succeeded(response: httpx.Response) -> bool:
 
 
 def segment(value: str) -> str:
-    """`value` as one path segment: an id with a `/` or `..` cannot reach another route."""
+    """`value` as one path segment: an id with a `/` cannot reach another route, and one that
+    URLs would resolve away (empty, `.`, `..`) is refused before sending."""
+    if value in ("", ".", ".."):
+        raise InvalidRequestError("invalid_request", f"{value!r} is not an id")
     return quote(value, safe="")
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import time
 from collections.abc import Generator, Iterator, Mapping
@@ -19,6 +18,7 @@ from forge.client import _calls as calls
 from forge.client._base import (
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT_SECONDS,
+    bad_body,
     connection_error,
     default_headers,
     resolve_api_key,
@@ -42,6 +42,7 @@ from forge.client._stream import (
     Transport,
     check_transport,
     dropped,
+    handshake_refusal,
     refusal,
     stream_ended,
 )
@@ -157,6 +158,8 @@ class ForgeClient:
                 )
             except httpx.TransportError as exc:
                 outcome = exc
+            except httpx.DecodingError as exc:
+                raise bad_body(exc, self.base_url) from exc
             delay = calls.retry_delay(call, attempt, self.max_retries, outcome)
             if delay is None:
                 if isinstance(outcome, Exception):
@@ -472,9 +475,6 @@ class ForgeClient:
 
     def _sse(self, state: Resumption, user_id: str | None) -> Iterator[EventEnvelope]:
         """One SSE connection's events; returns when the server ends it."""
-        # The run's last event is yielded once its connection is closed: a caller that stops
-        # there leaves nothing open.
-        final: EventEnvelope | None = None
         path = calls.event_stream_path(state.agent_id)
         params = {"after": str(state.last_seq)} | ({"user_id": user_id} if user_id else {})
         headers = {"Accept": "text/event-stream", "Last-Event-ID": str(state.last_seq)}
@@ -486,23 +486,19 @@ class ForgeClient:
                     raise refusal(response.status_code, response.headers, response.read())
                 state.connected()
                 decoder = SseDecoder()
-                for line in response.iter_lines():
-                    data = decoder.feed(line)
-                    if data is not None and (event := state.take(data)) is not None:
-                        if state.finished:
-                            final = event
-                            break
-                        yield event
+                for chunk in response.iter_text():
+                    for data in decoder.feed(chunk):
+                        if (event := state.take(data)) is not None:
+                            yield event
+                    if state.finished:
+                        return
+        except httpx.DecodingError as exc:
+            raise bad_body(exc, self.base_url) from exc
         except (httpx.TransportError, httpx.StreamError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
-        if final is not None:
-            yield final
 
     def _websocket(self, state: Resumption, user_id: str | None) -> Iterator[EventEnvelope]:
         """One WebSocket connection's events; returns when the server closes it normally."""
-        # The run's last event is yielded once its connection is closed: a caller that stops
-        # there leaves nothing open.
-        final: EventEnvelope | None = None
         path = calls.websocket_path(state.agent_id)
         url = websocket_url(self.base_url, path, {"after": state.last_seq, "user_id": user_id})
         try:
@@ -515,19 +511,13 @@ class ForgeClient:
                 state.connected()
                 for frame in connection:
                     if (event := state.take(frame)) is not None:
-                        if state.finished:
-                            final = event
-                            break
                         yield event
+                    if state.finished:
+                        return
         except InvalidStatus as exc:
-            response = exc.response
-            raise refusal(
-                response.status_code, dict(response.headers), bytes(response.body or b"")
-            ) from exc
+            raise handshake_refusal(exc) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
             raise dropped(exc, self.base_url, state.agent_id) from exc
-        if final is not None:
-            yield final
 
 
 class EventStream:
@@ -571,25 +561,29 @@ class EventStream:
 def _follow_events(
     client: ForgeClient, state: Resumption, transport: Transport, user_id: str | None
 ) -> Generator[EventEnvelope]:
-    """The events of a stream across its connections. A function of its own, holding no
-    reference to the stream object: a stream dropped mid-iteration is freed (and its connection
-    closed) at once, not by a later garbage collection that could run where its connection
-    pool is locked."""
+    """The events of a stream across its connections, then the run's final event once its
+    connection is closed. A function of its own, holding no reference to the stream object: a
+    stream dropped mid-iteration is freed (and its connection closed) at once, not by a later
+    garbage collection that could run where its connection pool is locked."""
     connect = client._websocket if transport == "websocket" else client._sse
     while not state.finished:
         try:
             yield from connect(state, user_id)
             if state.finished:
-                return
+                break
             # Closed by the server: its agent was deleted (a 404 now), or it is stopping.
             client.get_agent(state.agent_id, user_id=user_id)
             cause: ForgeClientError = stream_ended()
         except ForgeClientError as exc:
+            if state.finished:
+                break  # closing the connection failed; the run's events are all in
             cause = exc
         delay = state.retry_in(cause)
         if delay is None:
             return
         time.sleep(delay)
+    if state.final is not None:
+        yield state.final
 
 
 class NeuronStream:
@@ -654,18 +648,17 @@ class NeuronStream:
         self.close()
 
     def resync(self) -> None:
-        """Forget the position and reconnect: the next frame is a snapshot."""
+        """Forget the position and reconnect at once: the next frame is a snapshot."""
         self._position.resync()
+        self._follower.wake.set()
         self._follower.drop()
 
     def close(self) -> None:
-        """Close the connection (iterating ends)."""
+        """Close the connection: iterating ends, here or in the thread that iterates (the
+        generator itself is left to that thread, which may be inside it)."""
         self._follower.closed.set()
+        self._follower.wake.set()
         self._follower.drop()
-        if self._frames is not None:
-            # Running in another thread: it ends on its own once the connection does.
-            with contextlib.suppress(ValueError):
-                self._frames.close()
 
 
 class _NeuronFollower:
@@ -682,6 +675,8 @@ class _NeuronFollower:
         self._lock = threading.Lock()
         self._connection: ClientConnection | None = None
         self.closed = threading.Event()
+        # Set to cut a wait between connections short (resync, close).
+        self.wake = threading.Event()
 
     def drop(self) -> None:
         with self._lock:
@@ -702,8 +697,8 @@ class _NeuronFollower:
                 return
             if position.stale(generation):
                 continue  # given up by resync(): a snapshot at once
-            if self.closed.wait(position.retry_in(cause)):
-                return
+            self.wake.wait(position.retry_in(cause))
+            self.wake.clear()
 
     def _websocket(
         self, resume: dict[str, object | None], generation: int
@@ -735,10 +730,7 @@ class _NeuronFollower:
                     with self._lock:
                         self._connection = None
         except InvalidStatus as exc:
-            response = exc.response
-            raise refusal(
-                response.status_code, dict(response.headers), bytes(response.body or b"")
-            ) from exc
+            raise handshake_refusal(exc) from exc
         except (OSError, TimeoutError, InvalidHandshake, ConnectionClosedError) as exc:
             what = f"the state stream of neuron {position.name}"
             raise connection_error(exc, client.base_url, what) from exc

@@ -9,11 +9,13 @@ exactly once and in order."""
 from __future__ import annotations
 
 import json
+import re
 import time
 from typing import Any, Literal
 
 import httpx
 from pydantic import ValidationError
+from websockets.exceptions import InvalidStatus
 
 from forge.client._base import connection_error
 from forge.client._calls import describe, error_of
@@ -39,6 +41,9 @@ WS_OPEN_TIMEOUT_SECONDS = 10.0
 MAX_FRAME_BYTES = 64 * 1024 * 1024
 FIRST_BACKOFF_SECONDS = 0.2
 MAX_BACKOFF_SECONDS = 5.0
+# The error code of an agent that is not there (for this key): a stream of it is over.
+AGENT_NOT_FOUND = "agent_not_found"
+_LINE_END = re.compile(r"\r\n|\r|\n")
 DEFAULT_RECONNECT_FOR_SECONDS = 60.0
 
 
@@ -65,9 +70,15 @@ class Resumption:
         self.reconnect_for = reconnect_for
         # Once it has been served, a 404 means the agent was deleted: the stream is over.
         self.served = False
-        self.finished = False
+        # With `request_id`: that run's final event, once it came (yielded last, after its
+        # connection is closed, so that a caller who stops there leaves nothing open).
+        self.final: EventEnvelope | None = None
         self.connections = 0
         self._reconnection = Reconnection(reconnect_for)
+
+    @property
+    def finished(self) -> bool:
+        return self.final is not None
 
     def connected(self) -> None:
         self.served = True
@@ -76,7 +87,8 @@ class Resumption:
 
     def take(self, data: str | bytes) -> EventEnvelope | None:
         """The event in one SSE `data` or WebSocket frame, if it is new and one the caller asked
-        for (a run's, with `request_id`); None otherwise."""
+        for (a run's, with `request_id`); None otherwise, and for the run's final event, which
+        is kept in `final` instead."""
         try:
             event = EventEnvelope.model_validate(json.loads(data))
         except (ValueError, ValidationError) as exc:
@@ -92,20 +104,25 @@ class Resumption:
             return event
         if event.request_id != self.request_id:
             return None
-        self.finished = event.is_final
+        if event.is_final:
+            self.final = event
+            return None
         return event
 
     def retry_in(self, cause: ForgeClientError) -> float | None:
         """Seconds to wait before connecting again after `cause`; None when the stream is over
-        (its agent was deleted). Raises `cause` when trying again cannot help, and
-        `StreamLostError` once `reconnect_for` seconds have passed without a connection."""
+        (its agent was deleted). Raises `cause` when trying again cannot help (the agent was
+        never there, or is gone before the run it follows ended), and `StreamLostError` once
+        `reconnect_for` seconds have passed without a connection."""
+        what, where = f"the stream of {self.agent_id}", f"last seq {self.last_seq}"
         if isinstance(cause, NotFoundError):
-            if self.served:
-                return None
-            raise cause
-        return self._reconnection.delay(
-            cause, f"the stream of {self.agent_id}", f"last seq {self.last_seq}"
-        )
+            if cause.code != AGENT_NOT_FOUND:
+                # Not Forge's answer (a proxy's 404 while a replica restarts): try again.
+                return self._reconnection.delay(cause, what, where, retryable=True)
+            if not self.served or self.request_id is not None:
+                raise cause
+            return None
+        return self._reconnection.delay(cause, what, where)
 
 
 class Reconnection:
@@ -124,11 +141,15 @@ class Reconnection:
         """Something new arrived: the next loss starts again from the first backoff."""
         self._backoff = FIRST_BACKOFF_SECONDS
 
-    def delay(self, cause: ForgeClientError, what: str, where: str) -> float:
+    def delay(
+        self, cause: ForgeClientError, what: str, where: str, *, retryable: bool = False
+    ) -> float:
         """Seconds to wait before connecting `what` again after `cause`. Raises `cause` when
-        trying again cannot help, and `StreamLostError` (naming `where` it was) once
-        `reconnect_for` seconds have passed without a connection."""
-        if not isinstance(cause, APIConnectionError | ServerError | RateLimitError):
+        trying again cannot help (unless `retryable`), and `StreamLostError` (naming `where` it
+        was) once `reconnect_for` seconds have passed without a connection."""
+        if not retryable and not isinstance(
+            cause, APIConnectionError | ServerError | RateLimitError
+        ):
             raise cause
         now = time.monotonic()
         if self._lost_since is None:
@@ -142,7 +163,7 @@ class Reconnection:
         delay = self._backoff
         self._backoff = min(self._backoff * 2, MAX_BACKOFF_SECONDS)
         if isinstance(cause, RateLimitError):
-            delay = max(delay, min(cause.retry_after, MAX_BACKOFF_SECONDS * 6))
+            delay = max(delay, cause.retry_after)
         return delay
 
 
@@ -153,12 +174,23 @@ def stream_ended() -> APIConnectionError:
 
 
 class SseDecoder:
-    """The `data` of each event in an SSE body, fed one line at a time."""
+    """The `data` of each event in an SSE body, fed as text in chunks of any size. Lines end
+    with CR, LF or CRLF, as the SSE format says (and nothing else: not U+2028)."""
 
     def __init__(self) -> None:
         self._data: list[str] = []
+        self._partial = ""
 
-    def feed(self, line: str) -> str | None:
+    def feed(self, chunk: str) -> list[str]:
+        """The data of each event `chunk` completes."""
+        text = self._partial + chunk
+        # A CR at the very end may be the first half of a CRLF split across chunks.
+        cut = len(text) - 1 if text.endswith("\r") else len(text)
+        lines = _LINE_END.split(text[:cut])
+        self._partial = lines.pop() + text[cut:]
+        return [data for line in lines if (data := self._line(line)) is not None]
+
+    def _line(self, line: str) -> str | None:
         """The event's data when `line` ends one, else None. `id:`, `event:`, `retry:` and
         comment lines are skipped: the envelope holds everything."""
         if line == "":
@@ -169,6 +201,12 @@ class SseDecoder:
         if line.startswith("data:"):
             self._data.append(line[5:].removeprefix(" "))
         return None
+
+
+def handshake_refusal(exc: InvalidStatus) -> ForgeClientError:
+    """The error for a WebSocket handshake the server answered with an error status."""
+    response = exc.response
+    return refusal(response.status_code, dict(response.headers), bytes(response.body or b""))
 
 
 def refusal(status_code: int, headers: Any, body: bytes) -> ForgeClientError:

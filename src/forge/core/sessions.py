@@ -24,7 +24,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from pydantic import BaseModel, Field
-from sqlalchemy import ColumnElement, and_, exists, func, select
+from sqlalchemy import ColumnElement, and_, exists, func, or_, select
 
 from forge.core.errors import NotFound
 from forge.store.db import Database
@@ -246,11 +246,14 @@ def _transcript_line(event: EventRow) -> TranscriptEntry | None:
 def _status_filter(status: SessionStatus) -> ColumnElement[bool]:
     live = AgentRow.deleted_at.is_(None)
     queued_run = exists().where(RunRow.agent_id == AgentRow.id, RunRow.status == "queued")
+    # A run is marked running a moment before its agent is: the session is running already.
+    running_run = exists().where(RunRow.agent_id == AgentRow.id, RunRow.status == "running")
+    ready = and_(live, AgentRow.status == "ready")
     return {
         "provisioning": and_(live, AgentRow.status == "provisioning"),
-        "running": and_(live, AgentRow.status == "running"),
-        "queued": and_(live, AgentRow.status == "ready", queued_run),
-        "idle": and_(live, AgentRow.status == "ready", ~queued_run),
+        "running": or_(and_(live, AgentRow.status == "running"), and_(ready, running_run)),
+        "queued": and_(ready, queued_run, ~running_run),
+        "idle": and_(ready, ~queued_run, ~running_run),
         "stopped": and_(live, AgentRow.status == "stopped"),
         "failed": and_(live, AgentRow.status == "failed"),
         "completed": AgentRow.deleted_at.is_not(None),
@@ -261,6 +264,7 @@ class _RunSummary:
     def __init__(self) -> None:
         self.runs = 0
         self.queued = 0
+        self.running = 0
         self.usage = SessionUsage()
 
 
@@ -275,6 +279,7 @@ async def _run_summaries(session: Any, agent_ids: Sequence[str]) -> dict[str, _R
         summary = summaries.setdefault(agent_id, _RunSummary())
         summary.runs += 1
         summary.queued += status == "queued"
+        summary.running += status == "running"
         if isinstance(usage, dict):
             for name in (
                 "input_tokens",
@@ -315,6 +320,9 @@ def _status_of(row: AgentRow, summary: _RunSummary) -> SessionStatus:
     if row.deleted_at is not None:
         return "completed"
     if row.status == "ready":
+        # A run is marked running a moment before its agent is.
+        if summary.running:
+            return "running"
         return "queued" if summary.queued else "idle"
     if row.status in ("provisioning", "running", "stopped", "failed"):
         return row.status  # type: ignore[return-value]

@@ -86,6 +86,8 @@ def test_reads_are_retried_and_writes_only_when_nothing_was_done() -> None:
     assert calls.retry_delay(read, 2, 2, unavailable) is None  # out of retries
     assert calls.retry_delay(write, 0, 2, unavailable) is None  # it may have been done
     assert calls.retry_delay(write, 0, 2, _answer(429, headers={"Retry-After": "3"})) == 3.0
+    # Longer than a call should block: raised at once, with its retry_after.
+    assert calls.retry_delay(read, 0, 2, _answer(429, headers={"Retry-After": "60"})) is None
     assert calls.retry_delay(read, 0, 2, _answer(404)) is None
     never_sent = httpx.ConnectError("refused")
     assert calls.retry_delay(write, 0, 2, never_sent) == 0.5
@@ -124,7 +126,11 @@ def test_only_the_fields_set_are_sent_and_parameters_are_written_as_the_server_r
 
 
 def test_ids_stay_one_path_segment() -> None:
-    assert calls.get_agent("../keys", None).path == "/api/v1/agents/..%2Fkeys"
+    path = calls.get_agent("../keys", None).path
+    assert httpx.URL("http://forge.test" + path).raw_path == b"/api/v1/agents/..%2Fkeys"
+    for resolved_away in ("", ".", ".."):
+        with pytest.raises(InvalidRequestError, match="is not an id"):
+            calls.stop_session(resolved_away, None)
 
 
 def test_the_base_url_and_key_come_from_the_arguments_then_the_environment(
@@ -139,6 +145,8 @@ def test_the_base_url_and_key_come_from_the_arguments_then_the_environment(
     assert resolve_base_url(None) == "https://forge.example/prefix"
     assert resolve_base_url("http://10.0.0.1:9000") == "http://10.0.0.1:9000"
     assert resolve_api_key(None) == "fk_env" and resolve_api_key("fk_arg") == "fk_arg"
+    with pytest.raises(ValueError, match="printable ASCII"):
+        resolve_api_key("clé")
     with pytest.raises(ValueError, match="http:// or https://"):
         resolve_base_url("forge.example:8887")
     url = websocket_url(

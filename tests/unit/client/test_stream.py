@@ -6,7 +6,13 @@ import json
 
 import pytest
 
-from forge.client import APIConnectionError, AuthenticationError, NotFoundError, StreamLostError
+from forge.client import (
+    APIConnectionError,
+    AuthenticationError,
+    NotFoundError,
+    RateLimitError,
+    StreamLostError,
+)
 from forge.client._stream import Resumption, SseDecoder
 
 
@@ -32,7 +38,9 @@ def test_each_seq_is_yielded_once_and_only_the_runs_asked_for() -> None:
     assert event is not None and event.seq == 4
     assert state.take(_event(4, "req_2")) is None  # sent again after a reconnection
     assert not state.finished
-    assert state.take(_event(5, "req_2", final=True)) is not None and state.finished
+    # The final event is kept, to be yielded once the connection is closed.
+    assert state.take(_event(5, "req_2", final=True)) is None
+    assert state.finished and state.final is not None and state.final.seq == 5
     assert state.last_seq == 5
 
 
@@ -45,6 +53,20 @@ def test_a_404_ends_a_stream_that_was_served_and_refuses_one_that_never_was() ->
     assert fresh.retry_in(gone) is None
     with pytest.raises(AuthenticationError):
         fresh.retry_in(AuthenticationError("invalid_api_key", "revoked", 401))
+    # A 404 that is not Forge's (a proxy's, while a replica restarts) is tried again.
+    assert fresh.retry_in(NotFoundError("http_404", "Not Found", 404)) == 0.2
+
+
+def test_a_run_whose_agent_is_gone_before_its_final_event_raises() -> None:
+    state = Resumption("ag_1", 0, "req_1", reconnect_for=None)
+    state.connected()
+    with pytest.raises(NotFoundError):
+        state.retry_in(NotFoundError("agent_not_found", "agent ag_1 not found", 404))
+
+
+def test_a_rate_limited_stream_waits_the_whole_retry_after() -> None:
+    state = Resumption("ag_1", 0, None, reconnect_for=None)
+    assert state.retry_in(RateLimitError("rate_limited", "slow down", 429, 45.0)) == 45.0
 
 
 def test_drops_back_off_and_give_up_after_reconnect_for() -> None:
@@ -62,7 +84,12 @@ def test_drops_back_off_and_give_up_after_reconnect_for() -> None:
     assert lost.value.code == "stream_lost" and "last seq 7" in lost.value.message
 
 
-def test_sse_frames_are_joined_and_comments_skipped() -> None:
-    decoder = SseDecoder()
-    lines = ["retry: 2000", ": keep-alive", "", "id: 1", 'data: {"a":', "data: 1}", "", ""]
-    assert [d for line in lines if (d := decoder.feed(line)) is not None] == ['{"a":\n1}']
+def test_sse_frames_are_joined_and_comments_skipped_across_chunks() -> None:
+    body = 'retry: 2000\r\n: keep-alive\r\n\r\nid: 1\ndata: {"a":\ndata: 1}\n\n'
+    body += 'data: {"line": "a\u2028b"}\r\rdata: 3\n'
+    # Every split of the body into two chunks, a CRLF cut in two included.
+    for cut in range(len(body) + 1):
+        decoder = SseDecoder()
+        data = decoder.feed(body[:cut]) + decoder.feed(body[cut:])
+        assert data == ['{"a":\n1}', '{"line": "a\u2028b"}'], cut
+        assert decoder.feed("\n") == ["3"]
