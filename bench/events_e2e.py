@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import shutil
 import signal
 import socket
@@ -87,9 +88,9 @@ class Server:
         self.root = root
         self.data_dir = root / "data"
         self.port = free_port()
-        (root / "flood.py").write_text(FLOOD_SCRIPT)
-        (root / "paced.py").write_text(PACED_SCRIPT)
-        python = sys.executable
+        # The scripts go on the command line: the sandbox does not see this temporary directory.
+        flood = f"{sys.executable} -c {shlex.quote(FLOOD_SCRIPT)} {events}"
+        paced = f"{sys.executable} -c {shlex.quote(PACED_SCRIPT)} {rate} {seconds}"
         self.config = root / "forge.toml"
         self.config.write_text(
             f"""
@@ -101,11 +102,11 @@ port = {self.port}
 
 [profiles.flood]
 executor = "command"
-command = "{python} {root}/flood.py {events}"
+command = {json.dumps(flood)}
 
 [profiles.paced]
 executor = "command"
-command = "{python} {root}/paced.py {rate} {seconds}"
+command = {json.dumps(paced)}
 """
         )
         self.base_url = f"http://127.0.0.1:{self.port}"

@@ -18,6 +18,7 @@ import pytest
 
 from forge.client import (
     AsyncForgeClient,
+    AuthenticationError,
     ForgeClient,
     NotFoundError,
     StreamLostError,
@@ -248,3 +249,27 @@ def _busy(transport: httpx.AsyncHTTPTransport) -> list[Any]:
     """The pool's connections still serving a request (httpcore's pool, behind the transport)."""
     pool = transport._pool
     return [c for c in pool.connections if not (c.is_idle() or c.is_closed())]
+
+
+def test_a_stream_whose_key_is_revoked_raises_authentication_error(forge_server: Any) -> None:
+    """The server ends the streams of a revoked key (at their next idle check); the client
+    asks about the agent, is refused, and raises rather than reconnecting or ending quietly."""
+    admin_key = "a" * 32
+    server: ForgeServer = forge_server(
+        QUICK + "\n[auth]\nenabled = true\n\n[sse]\nkeepalive_seconds = 0.5\n",
+        env={"FORGE_API_KEY": admin_key},
+    )
+    with ForgeClient(server.base_url, admin_key) as admin:
+        key = admin.create_key("alice")
+        with ForgeClient(server.base_url, key.key) as alice:
+            agent = alice.create_agent(profile="quick", wait=True)
+            alice.send_message(agent.id, "go")
+            streams = [iter(alice.stream(agent.id, transport=t)) for t in ("sse", "websocket")]
+            for events in streams:
+                while not next(events).is_final:
+                    pass
+            admin.revoke_key(key.key_id)
+            for events in streams:
+                with pytest.raises(AuthenticationError) as refused:
+                    next(events)
+                assert refused.value.code == "invalid_api_key", refused.value
