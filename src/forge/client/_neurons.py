@@ -11,16 +11,16 @@ from __future__ import annotations
 import json
 import threading
 from typing import Any
-from urllib.parse import quote
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from forge.client._calls import segment
 from forge.client._exceptions import APIConnectionError, ForgeClientError, InvalidResponseError
 from forge.client._stream import Reconnection
 
 
 def neuron_stream_path(name: str) -> str:
-    return f"/ws/neurons/{quote(name, safe='')}"
+    return f"/ws/neurons/{segment(name)}"
 
 
 class NeuronFrame(BaseModel):

@@ -67,12 +67,10 @@ class Resumption:
         self.agent_id = agent_id
         self.last_seq = after
         self.request_id = request_id
-        self.reconnect_for = reconnect_for
-        # Once it has been served, a 404 means the agent was deleted: the stream is over.
-        self.served = False
         # With `request_id`: that run's final event, once it came (yielded last, after its
         # connection is closed, so that a caller who stops there leaves nothing open).
         self.final: EventEnvelope | None = None
+        # Once it has been served (a connection made), a 404 means the agent was deleted.
         self.connections = 0
         self._reconnection = Reconnection(reconnect_for)
 
@@ -81,7 +79,6 @@ class Resumption:
         return self.final is not None
 
     def connected(self) -> None:
-        self.served = True
         self.connections += 1
         self._reconnection.connected()
 
@@ -119,7 +116,7 @@ class Resumption:
             if cause.code != AGENT_NOT_FOUND:
                 # Not Forge's answer (a proxy's 404 while a replica restarts): try again.
                 return self._reconnection.delay(cause, what, where, retryable=True)
-            if not self.served or self.request_id is not None:
+            if not self.connections or self.request_id is not None:
                 raise cause
             return None
         return self._reconnection.delay(cause, what, where)
